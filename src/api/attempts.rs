@@ -1,0 +1,87 @@
+//! `/v1/tenants/{tenant}/attempts`: the delivery history, one entry per HTTP request made.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use serde::Deserialize;
+
+use super::AppState;
+use super::extract::{Page, Tenant};
+use super::problem::Problem;
+use super::views::{AttemptView, ListView};
+use crate::ids::{AttemptId, EndpointId, EventId};
+use crate::store::AttemptFilter;
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    pub endpoint_id: Option<String>,
+    pub event_id: Option<String>,
+    pub status: Option<String>,
+}
+
+/// Newest first; filtered by endpoint, event and the attempt's own outcome.
+pub async fn list(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Query(page): Query<Page>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<ListView<AttemptView>>, Problem> {
+    let limit = page.limit()?;
+    let before = page
+        .cursor
+        .as_deref()
+        .map(|c| {
+            AttemptId::parse(c)
+                .map(|a| a.0)
+                .ok_or_else(|| Problem::invalid_field("cursor", "not a cursor of this list"))
+        })
+        .transpose()?;
+    let endpoint = match q.endpoint_id.as_deref() {
+        None => None,
+        Some(e) => {
+            let id = EndpointId::parse(e)
+                .ok_or_else(|| Problem::invalid_field("endpoint_id", "not an endpoint id"))?
+                .0;
+            // Another tenant's endpoint looks like a missing one.
+            if state.registry.snapshot().tenant_endpoint(tenant.serial, id).is_none() {
+                return Err(Problem::not_found("endpoint"));
+            }
+            Some(id)
+        }
+    };
+    let event = q
+        .event_id
+        .as_deref()
+        .map(|e| {
+            EventId::parse(e)
+                .map(|id| id.0)
+                .ok_or_else(|| Problem::invalid_field("event_id", "not an event id"))
+        })
+        .transpose()?;
+    let succeeded = match q.status.as_deref() {
+        None => None,
+        Some("succeeded") => Some(true),
+        Some("failed") => Some(false),
+        Some(_) => return Err(Problem::invalid_field("status", "must be succeeded or failed")),
+    };
+    let filter = AttemptFilter { endpoint, event, succeeded };
+    let store = state.store.clone();
+    let (items, next) =
+        tokio::task::spawn_blocking(move || store.list_attempts(tenant.serial, &filter, before, limit))
+            .await
+            .map_err(|e| Problem::internal(&e))??;
+    Ok(Json(ListView {
+        data: items.iter().map(|(id, a)| AttemptView::new(*id, a, false)).collect(),
+        next_cursor: next.map(|id| AttemptId(id).to_string()),
+    }))
+}
+
+/// One attempt with the request headers as sent.
+pub async fn get(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path((_, id)): Path<(String, String)>,
+) -> Result<Json<AttemptView>, Problem> {
+    let id = AttemptId::parse(&id).ok_or_else(|| Problem::not_found("attempt"))?.0;
+    let a = state.store.attempt(tenant.serial, id)?.ok_or_else(|| Problem::not_found("attempt"))?;
+    Ok(Json(AttemptView::new(id, &a, true)))
+}

@@ -1,0 +1,567 @@
+//! `/v1/tenants/{tenant}/endpoints`: where a tenant's events go, and how.
+//!
+//! Create takes the whole object; PATCH is a JSON Merge Patch (RFC 7396) over the current object, and
+//! the merged result is validated exactly like a create, so no update can store what a create would
+//! refuse. Every change reaches the endpoint's dispatcher at once through the registry.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::extract::{JsonBody, Page, Tenant, parse_json};
+use super::problem::{FieldError, Problem};
+use super::views::{EndpointView, ListView};
+use crate::config::DeliveryConfig;
+use crate::deliver::client::is_forbidden_destination;
+use crate::deliver::sign::Secret;
+use crate::ids::EndpointId;
+use crate::ingest::{valid_channel, valid_type_name};
+use crate::model::{
+    BatchPolicy, EndpointRecord, HttpMethod, PayloadFormat, RateLimit, RetryPolicy, TenantRecord,
+};
+
+pub const MAX_URL_LEN: usize = 2048;
+pub const MAX_NAME_LEN: usize = 256;
+pub const MAX_DESCRIPTION_LEN: usize = 4096;
+pub const MAX_EVENT_TYPES: usize = 256;
+pub const MAX_CHANNELS: usize = 256;
+pub const MAX_HEADERS: usize = 32;
+pub const MAX_HEADER_VALUE_LEN: usize = 4096;
+pub const MAX_ENDPOINTS_PER_TENANT: usize = 10_000;
+
+/// Headers hookd sets itself; an endpoint cannot override them.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "user-agent",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+];
+
+fn yes() -> bool {
+    true
+}
+
+/// An endpoint as a client writes it (create body, or the merged object of a PATCH).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointIn {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub url: String,
+    #[serde(default)]
+    pub method: HttpMethod,
+    #[serde(default)]
+    pub format: PayloadFormat,
+    #[serde(default)]
+    pub event_types: Vec<String>,
+    #[serde(default)]
+    pub channels: Vec<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
+    #[serde(default)]
+    pub max_in_flight: Option<u32>,
+    #[serde(default)]
+    pub batch: Option<BatchPolicy>,
+    #[serde(default)]
+    pub retry: Option<RetryPolicy>,
+    #[serde(default)]
+    pub ordered: bool,
+    #[serde(default = "yes")]
+    pub verify_tls: bool,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+impl EndpointIn {
+    /// The editable fields of a stored endpoint, as a PATCH starts from (the secret is not included:
+    /// a PATCH that names one replaces it).
+    fn from_record(r: &EndpointRecord) -> EndpointIn {
+        EndpointIn {
+            name: r.name.clone(),
+            description: r.description.clone(),
+            url: r.url.clone(),
+            method: r.method,
+            format: r.format,
+            event_types: r.event_types.clone(),
+            channels: r.channels.clone(),
+            headers: r.headers.clone(),
+            secret: None,
+            rate_limit: r.rate_limit,
+            max_in_flight: Some(r.max_in_flight),
+            batch: r.batch,
+            retry: Some(r.retry),
+            ordered: r.ordered,
+            verify_tls: r.verify_tls,
+            timeout_ms: Some(r.timeout_ms),
+            enabled: r.enabled,
+        }
+    }
+}
+
+/// Checks an endpoint's fields; on success returns the values to store (defaults applied, lists
+/// de-duplicated, the secret parsed or generated).
+pub struct Validated {
+    pub input: EndpointIn,
+    pub secret: Option<Secret>,
+}
+
+pub fn validate(mut input: EndpointIn, delivery: &DeliveryConfig) -> Result<Validated, Problem> {
+    let mut errors = Vec::new();
+    if input.name.chars().count() > MAX_NAME_LEN {
+        errors.push(FieldError::new("name", format!("at most {MAX_NAME_LEN} characters")));
+    }
+    if input.description.chars().count() > MAX_DESCRIPTION_LEN {
+        errors.push(FieldError::new("description", format!("at most {MAX_DESCRIPTION_LEN} characters")));
+    }
+    check_url(&input.url, delivery, &mut errors);
+    if input.method == HttpMethod::Get {
+        errors.push(FieldError::new(
+            "method",
+            "GET needs a ${…} placeholder in the URL, and URL templates are not available yet: use POST or PUT",
+        ));
+    }
+    if input.event_types.len() > MAX_EVENT_TYPES {
+        errors.push(FieldError::new("event_types", format!("at most {MAX_EVENT_TYPES} types")));
+    }
+    for (i, t) in input.event_types.iter().enumerate() {
+        if !valid_type_name(t) {
+            errors.push(FieldError::new(format!("event_types[{i}]"), "not a valid event type name"));
+        }
+    }
+    input.event_types.sort_unstable();
+    input.event_types.dedup();
+    if input.channels.len() > MAX_CHANNELS {
+        errors.push(FieldError::new("channels", format!("at most {MAX_CHANNELS} channels")));
+    }
+    for (i, c) in input.channels.iter().enumerate() {
+        if !valid_channel(c) {
+            errors.push(FieldError::new(
+                format!("channels[{i}]"),
+                "must be 1-128 characters of letters, digits and _ - . : @",
+            ));
+        }
+    }
+    input.channels.sort_unstable();
+    input.channels.dedup();
+    check_headers(&input.headers, &mut errors);
+    let secret = match &input.secret {
+        None => None,
+        Some(s) => match Secret::parse(s) {
+            Ok(secret) => Some(secret),
+            Err(e) => {
+                errors.push(FieldError::new("secret", e.to_string()));
+                None
+            }
+        },
+    };
+    if let Some(rl) = input.rate_limit {
+        if !(1..=100_000).contains(&rl.per_second) {
+            errors.push(FieldError::new("rate_limit.per_second", "must be from 1 to 100000"));
+        }
+        if !(1..=100_000).contains(&rl.burst) {
+            errors.push(FieldError::new("rate_limit.burst", "must be from 1 to 100000"));
+        }
+    }
+    let max_in_flight = *input.max_in_flight.get_or_insert(delivery.max_in_flight);
+    if !(1..=1024).contains(&max_in_flight) {
+        errors.push(FieldError::new("max_in_flight", "must be from 1 to 1024"));
+    }
+    if input.batch.is_some() {
+        errors.push(FieldError::new("batch", "batched delivery is not available yet: omit batch"));
+    }
+    let retry = *input.retry.get_or_insert_with(RetryPolicy::default);
+    if !(1..=100).contains(&retry.max_attempts) {
+        errors.push(FieldError::new("retry.max_attempts", "must be from 1 to 100"));
+    }
+    if !(100..=86_400_000).contains(&retry.initial_ms) {
+        errors.push(FieldError::new("retry.initial_ms", "must be from 100 to 86400000 (1 day)"));
+    }
+    if retry.max_ms < retry.initial_ms || retry.max_ms > 7 * 86_400_000 {
+        errors.push(FieldError::new(
+            "retry.max_ms",
+            "must be at least initial_ms and at most 604800000 (7 days)",
+        ));
+    }
+    let timeout = *input.timeout_ms.get_or_insert(delivery.timeout_ms);
+    if !(100..=120_000).contains(&timeout) {
+        errors.push(FieldError::new("timeout_ms", "must be from 100 to 120000"));
+    }
+    if errors.is_empty() { Ok(Validated { input, secret }) } else { Err(Problem::invalid(errors)) }
+}
+
+fn check_url(url: &str, delivery: &DeliveryConfig, errors: &mut Vec<FieldError>) {
+    let mut fail = |m: &str| errors.push(FieldError::new("url", m));
+    if url.len() > MAX_URL_LEN {
+        return fail("at most 2048 characters");
+    }
+    if url.contains("${") || url.contains('{') {
+        return fail("URL templates (${…} placeholders) are not available yet");
+    }
+    let Ok(uri) = url.parse::<http::Uri>() else { return fail("not a valid absolute URL") };
+    match uri.scheme_str() {
+        Some("https") => {}
+        Some("http") if delivery.allow_http => {}
+        Some("http") => {
+            return fail("must be https:// (plain http is refused unless delivery.allow_http is set)");
+        }
+        _ => return fail("must be an https:// URL"),
+    }
+    let Some(authority) = uri.authority() else { return fail("must have a host") };
+    if authority.as_str().contains('@') {
+        return fail("must not hold credentials: put them in the endpoint's headers instead");
+    }
+    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return fail("must have a host");
+    }
+    if !delivery.allow_private_destinations {
+        let private = match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => is_forbidden_destination(ip),
+            Err(_) => {
+                host.eq_ignore_ascii_case("localhost") || host.to_ascii_lowercase().ends_with(".localhost")
+            }
+        };
+        if private {
+            fail(
+                "points to a private, loopback or link-local address, which is refused (delivery.allow_private_destinations)",
+            );
+        }
+    }
+}
+
+fn check_headers(headers: &BTreeMap<String, String>, errors: &mut Vec<FieldError>) {
+    if headers.len() > MAX_HEADERS {
+        errors.push(FieldError::new("headers", format!("at most {MAX_HEADERS} headers")));
+    }
+    for (name, value) in headers {
+        let field = format!("headers.{name}");
+        if http::HeaderName::try_from(name.as_str()).is_err() {
+            errors.push(FieldError::new(field, "not a valid header name"));
+        } else if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+            errors.push(FieldError::new(field, "is set by hookd and cannot be overridden"));
+        } else if value.len() > MAX_HEADER_VALUE_LEN || http::HeaderValue::try_from(value.as_str()).is_err() {
+            errors
+                .push(FieldError::new(field, "not a valid header value (visible ASCII, at most 4096 bytes)"));
+        }
+    }
+}
+
+fn record_from(
+    v: Validated,
+    id: u64,
+    tenant: u64,
+    secret: String,
+    created_at: u64,
+    now: u64,
+) -> EndpointRecord {
+    let i = v.input;
+    EndpointRecord {
+        id,
+        tenant_serial: tenant,
+        name: i.name,
+        description: i.description,
+        url: i.url,
+        method: i.method,
+        format: i.format,
+        event_types: i.event_types,
+        channels: i.channels,
+        filter: None,
+        payload_template: None,
+        headers: i.headers,
+        secret,
+        retired_secrets: Vec::new(),
+        rate_limit: i.rate_limit,
+        max_in_flight: i.max_in_flight.unwrap_or(8),
+        batch: i.batch,
+        retry: i.retry.unwrap_or_default(),
+        ordered: i.ordered,
+        verify_tls: i.verify_tls,
+        timeout_ms: i.timeout_ms.unwrap_or(15_000),
+        enabled: i.enabled,
+        disabled_reason: None,
+        created_at,
+        updated_at: now,
+    }
+}
+
+fn endpoint_id(id: &str) -> Result<u64, Problem> {
+    EndpointId::parse(id).map(|e| e.0).ok_or_else(|| Problem::not_found("endpoint"))
+}
+
+/// `POST`: 201 with the endpoint and, this once, its secret.
+pub async fn create(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    JsonBody(body): JsonBody<EndpointIn>,
+) -> Result<(StatusCode, Json<Value>), Problem> {
+    let v = validate(body, &state.config.delivery)?;
+    let secret = v.secret.clone().unwrap_or_else(Secret::generate).to_whsec();
+    let now = crate::time::now_ms();
+    let id = state.ids.next();
+    let rec = record_from(v, id, tenant.serial, secret.clone(), now, now);
+    state.registry.mutate(|reg, store| -> Result<(), Problem> {
+        if reg.tenant_by_serial(tenant.serial).is_none() {
+            return Err(Problem::not_found("tenant"));
+        }
+        if reg.tenant_endpoints(tenant.serial).count() >= MAX_ENDPOINTS_PER_TENANT {
+            return Err(Problem::conflict(format!(
+                "a tenant has at most {MAX_ENDPOINTS_PER_TENANT} endpoints"
+            )));
+        }
+        store.put_endpoint(&rec)?;
+        reg.put_endpoint(rec.clone());
+        Ok(())
+    })?;
+    let mut view = serde_json::to_value(EndpointView::from(&rec)).map_err(|e| Problem::internal(&e))?;
+    view["secret"] = json!(secret);
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    pub sort: Option<String>,
+    pub q: Option<String>,
+}
+
+/// `GET`: sortable by name, url, created_at (prefix `-` for descending); `q` searches name, url and
+/// description (case-insensitive substring). The cursor is an offset into that order.
+pub async fn list(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Query(page): Query<Page>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<ListView<EndpointView>>, Problem> {
+    let limit = page.limit()?;
+    let offset = match page.cursor.as_deref() {
+        None => 0,
+        Some(c) => {
+            c.parse::<usize>().map_err(|_| Problem::invalid_field("cursor", "not a cursor of this list"))?
+        }
+    };
+    let snapshot = state.registry.snapshot();
+    let needle = q.q.as_deref().map(str::to_lowercase);
+    let mut items: Vec<&EndpointRecord> = snapshot
+        .tenant_endpoints(tenant.serial)
+        .map(|e| &e.record)
+        .filter(|r| {
+            needle.as_deref().is_none_or(|n| {
+                r.name.to_lowercase().contains(n)
+                    || r.url.to_lowercase().contains(n)
+                    || r.description.to_lowercase().contains(n)
+            })
+        })
+        .collect();
+    let sort = q.sort.as_deref().unwrap_or("created_at");
+    let (desc, field) = sort.strip_prefix('-').map_or((false, sort), |f| (true, f));
+    match field {
+        "name" => items.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id))),
+        "url" => items.sort_by(|a, b| a.url.cmp(&b.url).then(a.id.cmp(&b.id))),
+        "created_at" => items.sort_by_key(|r| r.id),
+        _ => {
+            return Err(Problem::invalid_field(
+                "sort",
+                "must be name, url or created_at, optionally prefixed with -",
+            ));
+        }
+    }
+    if desc {
+        items.reverse();
+    }
+    let data: Vec<EndpointView> =
+        items.iter().skip(offset).take(limit).map(|r| EndpointView::from(*r)).collect();
+    let next_cursor = (offset + data.len() < items.len()).then(|| (offset + data.len()).to_string());
+    Ok(Json(ListView { data, next_cursor }))
+}
+
+fn find(state: &AppState, tenant: &TenantRecord, id: &str) -> Result<EndpointRecord, Problem> {
+    let id = endpoint_id(id)?;
+    state
+        .registry
+        .snapshot()
+        .tenant_endpoint(tenant.serial, id)
+        .map(|e| e.record.clone())
+        .ok_or_else(|| Problem::not_found("endpoint"))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path((_, id)): Path<(String, String)>,
+) -> Result<Json<EndpointView>, Problem> {
+    find(&state, &tenant, &id).map(|r| Json(EndpointView::from(&r)))
+}
+
+/// `GET …/secret`: the signing secret, for the receiver's configuration.
+pub async fn secret(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path((_, id)): Path<(String, String)>,
+) -> Result<Json<Value>, Problem> {
+    let rec = find(&state, &tenant, &id)?;
+    Ok(Json(json!({ "key": rec.secret })))
+}
+
+/// `PATCH`: JSON Merge Patch; `null` clears an optional field (`rate_limit`) or restores a default.
+pub async fn update(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path((_, id)): Path<(String, String)>,
+    JsonBody(patch): JsonBody<Value>,
+) -> Result<Json<EndpointView>, Problem> {
+    if !patch.is_object() {
+        return Err(Problem::bad_request("a PATCH body is a JSON object of the fields to change"));
+    }
+    let id = endpoint_id(&id)?;
+    let rec = state.registry.mutate(|reg, store| -> Result<EndpointRecord, Problem> {
+        let current = reg.tenant_endpoint(tenant.serial, id).ok_or_else(|| Problem::not_found("endpoint"))?;
+        let current = &current.record;
+        let mut merged =
+            serde_json::to_value(EndpointIn::from_record(current)).map_err(|e| Problem::internal(&e))?;
+        merge_patch(&mut merged, &patch);
+        let bytes = serde_json::to_vec(&merged).map_err(|e| Problem::internal(&e))?;
+        let v = validate(parse_json(&bytes)?, &state.config.delivery)?;
+        let secret = v.secret.as_ref().map_or_else(|| current.secret.clone(), Secret::to_whsec);
+        let mut rec = record_from(v, id, tenant.serial, secret, current.created_at, crate::time::now_ms());
+        rec.retired_secrets = current.retired_secrets.clone();
+        rec.filter = current.filter.clone();
+        rec.payload_template = current.payload_template.clone();
+        // Re-enabled by a person: the reason hookd disabled it no longer applies.
+        rec.disabled_reason = if rec.enabled { None } else { current.disabled_reason.clone() };
+        store.put_endpoint(&rec)?;
+        reg.put_endpoint(rec.clone());
+        Ok(rec)
+    })?;
+    Ok(Json(EndpointView::from(&rec)))
+}
+
+/// RFC 7396.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path((_, id)): Path<(String, String)>,
+) -> Result<StatusCode, Problem> {
+    let id = endpoint_id(&id)?;
+    state.registry.mutate(|reg, store| -> Result<(), Problem> {
+        if reg.tenant_endpoint(tenant.serial, id).is_none() {
+            return Err(Problem::not_found("endpoint"));
+        }
+        store.delete_endpoint(id)?;
+        reg.remove_endpoint(id);
+        Ok(())
+    })?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(url: &str) -> EndpointIn {
+        parse_json(json!({ "url": url }).to_string().as_bytes())
+            .unwrap_or_else(|p: Problem| panic!("{}", p.detail))
+    }
+
+    fn strict() -> DeliveryConfig {
+        crate::config::Config::default().delivery
+    }
+
+    fn fields(r: Result<Validated, Problem>) -> Vec<String> {
+        r.err().map(|p| p.errors.into_iter().map(|e| e.field).collect()).unwrap_or_default()
+    }
+
+    #[test]
+    fn https_urls_to_public_hosts_are_accepted_with_defaults_applied() {
+        let v = validate(input("https://erp.example.com/hooks"), &strict())
+            .unwrap_or_else(|p| panic!("{}", p.detail));
+        assert_eq!(v.input.retry, Some(RetryPolicy::default()));
+        assert_eq!(v.input.timeout_ms, Some(strict().timeout_ms));
+    }
+
+    #[test]
+    fn plain_http_private_hosts_and_credentials_are_refused_by_default() {
+        for url in [
+            "http://erp.example.com/",
+            "https://127.0.0.1/",
+            "https://10.1.2.3/",
+            "https://[::1]/",
+            "https://169.254.169.254/latest/meta-data",
+            "https://localhost/",
+            "https://user:pw@example.com/",
+            "ftp://example.com/",
+            "not a url",
+            "https://example.com/${data.id}",
+        ] {
+            assert_eq!(fields(validate(input(url), &strict())), ["url"], "{url}");
+        }
+    }
+
+    #[test]
+    fn loopback_http_is_accepted_when_config_allows_it() {
+        let mut d = strict();
+        d.allow_http = true;
+        d.allow_private_destinations = true;
+        assert!(validate(input("http://127.0.0.1:9000/hook"), &d).is_ok());
+    }
+
+    #[test]
+    fn reserved_headers_bad_secrets_and_bad_policies_are_named() {
+        let mut i = input("https://example.com/");
+        i.headers.insert("webhook-id".into(), "x".into());
+        i.headers.insert("X Bad".into(), "x".into());
+        i.secret = Some("nope".into());
+        i.retry = Some(RetryPolicy { max_attempts: 0, initial_ms: 10, max_ms: 5 });
+        i.rate_limit = Some(RateLimit { per_second: 0, burst: 1 });
+        let f = fields(validate(i, &strict()));
+        for want in [
+            "headers.webhook-id",
+            "headers.X Bad",
+            "secret",
+            "retry.max_attempts",
+            "retry.initial_ms",
+            "retry.max_ms",
+            "rate_limit.per_second",
+        ] {
+            assert!(f.iter().any(|x| x == want), "{want} missing from {f:?}");
+        }
+    }
+
+    #[test]
+    fn merge_patch_follows_rfc_7396() {
+        let mut t = json!({"a": 1, "b": {"c": 2, "d": 3}, "e": [1]});
+        merge_patch(&mut t, &json!({"a": null, "b": {"c": 5}, "e": [2, 3], "f": "x"}));
+        assert_eq!(t, json!({"b": {"c": 5, "d": 3}, "e": [2, 3], "f": "x"}));
+    }
+}

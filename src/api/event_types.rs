@@ -1,0 +1,128 @@
+//! `/v1/event-types`: the event catalog (descriptions and example payloads).
+//!
+//! The catalog documents what producers send; ingest does not require a type to be listed here.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::AppState;
+use super::extract::{JsonBody, Page};
+use super::problem::{FieldError, Problem};
+use super::views::{EventTypeView, ListView};
+use crate::ingest::valid_type_name;
+use crate::model::EventTypeRecord;
+
+pub const MAX_DESCRIPTION_LEN: usize = 4096;
+pub const MAX_EXAMPLE_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutEventType {
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub example: Option<Box<RawValue>>,
+    #[serde(default)]
+    pub deprecated: bool,
+}
+
+fn check_name(name: &str) -> Result<(), Problem> {
+    if valid_type_name(name) {
+        Ok(())
+    } else {
+        Err(Problem::invalid_field(
+            "type",
+            "must be lowercase words of [a-z0-9_] separated by dots, at most 128 characters",
+        ))
+    }
+}
+
+/// Creates or replaces a catalog entry: 201 when new, 200 when replaced.
+pub async fn put(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    JsonBody(body): JsonBody<PutEventType>,
+) -> Result<(StatusCode, Json<EventTypeView>), Problem> {
+    check_name(&name)?;
+    let mut errors = Vec::new();
+    if body.description.chars().count() > MAX_DESCRIPTION_LEN {
+        errors.push(FieldError::new("description", format!("at most {MAX_DESCRIPTION_LEN} characters")));
+    }
+    let example = body.example.map(|e| e.get().trim().to_owned());
+    if let Some(ex) = &example {
+        if ex.len() > MAX_EXAMPLE_BYTES {
+            errors.push(FieldError::new("example", format!("at most {MAX_EXAMPLE_BYTES} bytes")));
+        } else if !ex.starts_with('{') {
+            errors.push(FieldError::new("example", "must be a JSON object (an example payload)"));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(Problem::invalid(errors));
+    }
+    let now = crate::time::now_ms();
+    let (rec, created) = state.registry.mutate(|reg, store| -> Result<(EventTypeRecord, bool), Problem> {
+        let existing = reg.event_type(&name);
+        let rec = EventTypeRecord {
+            name: name.clone(),
+            description: body.description,
+            schema: None,
+            example,
+            deprecated: body.deprecated,
+            created_at: existing.map_or(now, |e| e.created_at),
+            updated_at: now,
+        };
+        let created = existing.is_none();
+        store.put_event_type(&rec)?;
+        reg.put_event_type(rec.clone());
+        Ok((rec, created))
+    })?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(EventTypeView::from(&rec))))
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    Query(page): Query<Page>,
+) -> Result<Json<ListView<EventTypeView>>, Problem> {
+    let limit = page.limit()?;
+    let snapshot = state.registry.snapshot();
+    let mut data: Vec<EventTypeView> = snapshot
+        .event_types()
+        .filter(|t| page.cursor.as_deref().is_none_or(|c| t.name.as_str() > c))
+        .take(limit + 1)
+        .map(|t| EventTypeView::from(t.as_ref()))
+        .collect();
+    let next_cursor = if data.len() > limit {
+        data.truncate(limit);
+        data.last().map(|t| t.name.clone())
+    } else {
+        None
+    };
+    Ok(Json(ListView { data, next_cursor }))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<EventTypeView>, Problem> {
+    let snapshot = state.registry.snapshot();
+    snapshot
+        .event_type(&name)
+        .map(|t| Json(EventTypeView::from(t.as_ref())))
+        .ok_or_else(|| Problem::not_found("event type"))
+}
+
+pub async fn delete(State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, Problem> {
+    let deleted = state.registry.mutate(|reg, store| -> Result<bool, Problem> {
+        if reg.event_type(&name).is_none() {
+            return Ok(false);
+        }
+        store.delete_event_type(&name)?;
+        reg.remove_event_type(&name);
+        Ok(true)
+    })?;
+    if deleted { Ok(StatusCode::NO_CONTENT) } else { Err(Problem::not_found("event type")) }
+}

@@ -1,0 +1,187 @@
+//! `/v1/tenants/{tenant}/events`: ingest (the hot path) and the event log.
+
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::AppState;
+use super::extract::{Page, Tenant, read_body, time_param};
+use super::problem::Problem;
+use super::views::{DeliveryView, EventView, ListView};
+use crate::ids::{AttemptId, EventId};
+use crate::ingest;
+use crate::model::DeliveryState;
+use crate::store::{Accepted, CommitError, EventFilter};
+use crate::time::format_ms;
+
+fn check_capacity(state: &AppState) -> Result<(), Problem> {
+    if state.log_full.load(Ordering::Acquire) {
+        return Err(Problem::unavailable(
+            "the log is over its disk cap (storage.max_log_bytes); retry later",
+            30,
+        ));
+    }
+    Ok(())
+}
+
+fn commit_problem(e: CommitError) -> Problem {
+    match e {
+        CommitError::Stopped => Problem::unavailable("hookd is shutting down", 5),
+        CommitError::Store(e) => Problem::internal(&e),
+    }
+}
+
+fn idempotency_header(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+    headers
+        .get("idempotency-key")
+        .map(|v| {
+            v.to_str()
+                .map(str::to_owned)
+                .map_err(|_| Problem::invalid_field("Idempotency-Key", "must be printable ASCII"))
+        })
+        .transpose()
+}
+
+fn accepted_json(a: &Accepted) -> serde_json::Value {
+    json!({"id": EventId(a.id), "received_at": format_ms(a.received_at)})
+}
+
+/// `POST …/events`: 202 once the event is durable.
+pub async fn ingest_one(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    req: Request,
+) -> Result<Response, Problem> {
+    check_capacity(&state)?;
+    let key = idempotency_header(req.headers())?;
+    let body = read_body(req, state.config.limits.max_event_bytes.0).await?;
+    let ev = ingest::parse_single(&body, key.as_deref())?;
+    let prepared = ingest::prepare(&state.registry.snapshot(), tenant.serial, ev);
+    let bytes = prepared.payload.len();
+    let accepted = state.committer.commit(tenant.serial, vec![prepared]).await.map_err(commit_problem)?;
+    let Some(a) = accepted.first() else {
+        return Err(Problem::internal(&std::io::Error::other("the committer answered no event")));
+    };
+    let mut resp = (StatusCode::ACCEPTED, Json(accepted_json(a))).into_response();
+    if a.duplicate {
+        resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    } else {
+        crate::metrics::ingested(1, bytes);
+    }
+    Ok(resp)
+}
+
+/// `POST …/events/batch`: all events durable together, or none.
+pub async fn ingest_batch(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    req: Request,
+) -> Result<(StatusCode, Json<serde_json::Value>), Problem> {
+    check_capacity(&state)?;
+    let body = read_body(req, state.config.limits.max_batch_bytes.0).await?;
+    let batch = ingest::parse_batch(&body, state.config.limits.max_batch_events as usize)?;
+    let snapshot = state.registry.snapshot();
+    let prepared: Vec<_> =
+        batch.events.into_iter().map(|ev| ingest::prepare(&snapshot, tenant.serial, ev)).collect();
+    let bytes: usize = prepared.iter().map(|p| p.payload.len()).sum();
+    let accepted = state.committer.commit(tenant.serial, prepared).await.map_err(commit_problem)?;
+    let fresh = accepted.iter().filter(|a| !a.duplicate).count();
+    crate::metrics::ingested(fresh, bytes);
+    let data: Vec<_> = accepted.iter().map(accepted_json).collect();
+    Ok((StatusCode::ACCEPTED, Json(json!({ "data": data }))))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    #[serde(rename = "type")]
+    pub event_type: Option<String>,
+    pub channel: Option<String>,
+    pub since: Option<String>,
+    pub until: Option<String>,
+}
+
+/// `GET …/events`: newest first.
+pub async fn list(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Query(page): Query<Page>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<ListView<EventView>>, Problem> {
+    let limit = page.limit()?;
+    let before = page
+        .cursor
+        .as_deref()
+        .map(|c| {
+            EventId::parse(c)
+                .map(|id| id.0)
+                .ok_or_else(|| Problem::invalid_field("cursor", "not a cursor of this list"))
+        })
+        .transpose()?;
+    let filter = EventFilter {
+        event_type: q.event_type,
+        channel: q.channel,
+        since_ms: time_param("since", q.since.as_deref())?,
+        until_ms: time_param("until", q.until.as_deref())?,
+    };
+    let store = state.store.clone();
+    let (events, next) =
+        tokio::task::spawn_blocking(move || store.list_events(tenant.serial, &filter, before, limit))
+            .await
+            .map_err(|e| Problem::internal(&e))??;
+    Ok(Json(ListView {
+        data: events.iter().map(|(id, e)| EventView::new(*id, e)).collect(),
+        next_cursor: next.map(|id| EventId(id).to_string()),
+    }))
+}
+
+/// `GET …/events/{id}`: the event and where it stands at each endpoint it matched.
+pub async fn get(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path((_, id)): Path<(String, String)>,
+) -> Result<Json<EventView>, Problem> {
+    let id = EventId::parse(&id).ok_or_else(|| Problem::not_found("event"))?.0;
+    let ev = state.store.event(tenant.serial, id)?.ok_or_else(|| Problem::not_found("event"))?;
+    let snapshot = state.registry.snapshot();
+    let mut deliveries = Vec::with_capacity(ev.routes.len());
+    for ep in &ev.routes {
+        if snapshot.tenant_endpoint(tenant.serial, *ep).is_none() {
+            continue; // deleted since
+        }
+        let view = match state.store.delivery(*ep, id)? {
+            Some(d) => DeliveryView {
+                endpoint_id: crate::ids::EndpointId(*ep),
+                state: d.state,
+                attempts: d.attempts,
+                next_attempt_at: d.next_attempt_at.map(format_ms),
+                last_attempt_id: d.last_attempt_id.map(AttemptId),
+                batch_id: d.batch_id.map(crate::ids::BatchId),
+            },
+            None => {
+                // No record: either its first attempt succeeded (the cursor passed it) or it is to come.
+                let cursor = match state.progress.cursor(*ep) {
+                    Some(c) => c,
+                    None => state.store.cursor(*ep)?.unwrap_or(0),
+                };
+                let done = id <= cursor;
+                DeliveryView {
+                    endpoint_id: crate::ids::EndpointId(*ep),
+                    state: if done { DeliveryState::Succeeded } else { DeliveryState::Pending },
+                    attempts: u32::from(done),
+                    next_attempt_at: None,
+                    last_attempt_id: None,
+                    batch_id: None,
+                }
+            }
+        };
+        deliveries.push(view);
+    }
+    let mut view = EventView::new(id, &ev);
+    view.deliveries = Some(deliveries);
+    Ok(Json(view))
+}

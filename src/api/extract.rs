@@ -1,0 +1,143 @@
+//! Request extraction shared by the handlers: JSON bodies with precise errors, pagination, tenants.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::header;
+use axum::http::request::Parts;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use super::AppState;
+use super::problem::{FieldError, Problem};
+use crate::model::TenantRecord;
+use std::sync::Arc;
+
+/// A JSON body parsed into `T` (whatever the content-type says: curl's default is form-encoded). Syntax errors are 400; a body of the wrong shape is 422 naming the
+/// field (`events[3].type`); a body over the route's limit is 413.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, _state: &AppState) -> Result<Self, Problem> {
+        let bytes = read_body(req, ADMIN_BODY_LIMIT).await?;
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+/// Bodies of the admin routes (endpoints, tenants, event types) are small.
+pub const ADMIN_BODY_LIMIT: u64 = 1 << 20;
+
+/// Reads a whole body, refusing it with 413 past `limit` bytes (without reading further).
+pub async fn read_body(req: Request, limit: u64) -> Result<Bytes, Problem> {
+    let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
+    if let Some(len) =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        && len > limit
+    {
+        return Err(Problem::too_large(limit));
+    }
+    match axum::body::to_bytes(req.into_body(), limit_usize).await {
+        Ok(b) => Ok(b),
+        Err(e) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+                || e.to_string().contains("length limit");
+            if too_large {
+                Err(Problem::too_large(limit))
+            } else {
+                Err(Problem::bad_request(format!("cannot read the body: {e}")))
+            }
+        }
+    }
+}
+
+/// Parses JSON into `T`, naming the offending field on error.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    let result: Result<T, _> = serde_path_to_error::deserialize(de);
+    match result {
+        Ok(v) => Ok(v),
+        Err(err) => {
+            let path = err.path().to_string();
+            let inner = err.into_inner();
+            use serde_json::error::Category;
+            match inner.classify() {
+                Category::Data => {
+                    let field = if path == "." { "body".to_owned() } else { path };
+                    Err(Problem::invalid(vec![FieldError::new(field, strip_position(&inner.to_string()))]))
+                }
+                Category::Syntax | Category::Eof | Category::Io => {
+                    Err(Problem::bad_request(format!("the body is not valid JSON: {inner}")))
+                }
+            }
+        }
+    }
+}
+
+/// serde's data errors end in "at line 1 column 42", which means nothing once the field is named.
+fn strip_position(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_owned(),
+        None => msg.to_owned(),
+    }
+}
+
+/// `?limit=&cursor=` of list routes.
+#[derive(Debug, Deserialize)]
+pub struct Page {
+    pub limit: Option<String>,
+    pub cursor: Option<String>,
+}
+
+pub const DEFAULT_LIMIT: usize = 50;
+pub const MAX_LIMIT: usize = 250;
+
+impl Page {
+    pub fn limit(&self) -> Result<usize, Problem> {
+        match &self.limit {
+            None => Ok(DEFAULT_LIMIT),
+            Some(s) => match s.parse::<usize>() {
+                Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+                _ => {
+                    Err(Problem::invalid_field("limit", format!("must be an integer from 1 to {MAX_LIMIT}")))
+                }
+            },
+        }
+    }
+}
+
+/// The tenant named in the path, which must exist.
+pub struct Tenant(pub Arc<TenantRecord>);
+
+impl FromRequestParts<AppState> for Tenant {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
+        #[derive(Deserialize)]
+        struct P {
+            tenant: String,
+        }
+        let Path(P { tenant }) = Path::<P>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| Problem::bad_request(e.body_text()))?;
+        state
+            .registry
+            .snapshot()
+            .tenant(&tenant)
+            .cloned()
+            .map(Tenant)
+            .ok_or_else(|| Problem::not_found("tenant"))
+    }
+}
+
+/// Parses an RFC 3339 query parameter.
+pub fn time_param(name: &str, value: Option<&str>) -> Result<Option<u64>, Problem> {
+    value
+        .map(|v| {
+            crate::time::parse_rfc3339(v).ok_or_else(|| {
+                Problem::invalid_field(name, "must be an RFC 3339 time, e.g. 2026-11-22T18:13:22Z")
+            })
+        })
+        .transpose()
+}

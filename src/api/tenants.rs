@@ -1,0 +1,142 @@
+//! `/v1/tenants`: the platform's customers.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+
+use super::AppState;
+use super::extract::{JsonBody, Page, Tenant};
+use super::problem::{FieldError, Problem};
+use super::views::{ListView, TenantView};
+use crate::model::TenantRecord;
+use crate::store::CatalogError;
+
+pub const MAX_NAME_LEN: usize = 256;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenant {
+    pub id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateTenant {
+    pub name: String,
+}
+
+/// Tenant ids are the platform's own: 1-64 of `[A-Za-z0-9_.-]`, starting with a letter or digit.
+pub fn valid_tenant_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+fn check_name(name: &str, errors: &mut Vec<FieldError>) {
+    if name.chars().count() > MAX_NAME_LEN {
+        errors.push(FieldError::new("name", format!("at most {MAX_NAME_LEN} characters")));
+    }
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<CreateTenant>,
+) -> Result<(StatusCode, Json<TenantView>), Problem> {
+    let mut errors = Vec::new();
+    if !valid_tenant_id(&body.id) {
+        errors.push(FieldError::new(
+            "id",
+            "must be 1-64 characters of [A-Za-z0-9_.-], starting with a letter or digit",
+        ));
+    }
+    let name = body.name.unwrap_or_else(|| body.id.clone());
+    check_name(&name, &mut errors);
+    if !errors.is_empty() {
+        return Err(Problem::invalid(errors));
+    }
+    let now = crate::time::now_ms();
+    let record = state.registry.mutate(|reg, store| -> Result<TenantRecord, CatalogError> {
+        if reg.tenant(&body.id).is_some() {
+            return Err(CatalogError::Conflict);
+        }
+        let rec = TenantRecord {
+            serial: store.generate_serial()?,
+            id: body.id.clone(),
+            name,
+            created_at: now,
+            updated_at: now,
+        };
+        store.create_tenant(&rec)?;
+        reg.put_tenant(rec.clone());
+        Ok(rec)
+    });
+    match record {
+        Ok(rec) => Ok((StatusCode::CREATED, Json(TenantView::from(&rec)))),
+        Err(CatalogError::Conflict) => Err(Problem::conflict(format!("tenant {} already exists", body.id))),
+        Err(CatalogError::Store(e)) => Err(e.into()),
+    }
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    Query(page): Query<Page>,
+) -> Result<Json<ListView<TenantView>>, Problem> {
+    let limit = page.limit()?;
+    let snapshot = state.registry.snapshot();
+    // Ordered by id; the cursor is the last id of the previous page.
+    let mut data: Vec<TenantView> = snapshot
+        .tenants()
+        .filter(|t| page.cursor.as_deref().is_none_or(|c| t.id.as_str() > c))
+        .take(limit + 1)
+        .map(|t| TenantView::from(t.as_ref()))
+        .collect();
+    let next_cursor = if data.len() > limit {
+        data.truncate(limit);
+        data.last().map(|t| t.id.clone())
+    } else {
+        None
+    };
+    Ok(Json(ListView { data, next_cursor }))
+}
+
+pub async fn get(Tenant(t): Tenant) -> Json<TenantView> {
+    Json(TenantView::from(t.as_ref()))
+}
+
+pub async fn update(
+    State(state): State<AppState>,
+    Tenant(t): Tenant,
+    JsonBody(body): JsonBody<UpdateTenant>,
+) -> Result<Json<TenantView>, Problem> {
+    let mut errors = Vec::new();
+    check_name(&body.name, &mut errors);
+    if !errors.is_empty() {
+        return Err(Problem::invalid(errors));
+    }
+    let rec = state.registry.mutate(|reg, store| -> Result<Option<TenantRecord>, Problem> {
+        let Some(current) = reg.tenant(&t.id) else { return Ok(None) };
+        let mut rec = TenantRecord::clone(current);
+        rec.name = body.name;
+        rec.updated_at = crate::time::now_ms();
+        store.put_tenant(&rec)?;
+        reg.put_tenant(rec.clone());
+        Ok(Some(rec))
+    })?;
+    rec.map(|r| Json(TenantView::from(&r))).ok_or_else(|| Problem::not_found("tenant"))
+}
+
+/// Deletes the tenant and its endpoints. Its events and history become unreachable at once (a tenant
+/// created again under the same id starts empty) and are purged from disk by retention.
+pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, Problem> {
+    let deleted = state.registry.mutate(|reg, store| -> Result<bool, Problem> {
+        let Some(t) = reg.tenant(&id).cloned() else { return Ok(false) };
+        let endpoints: Vec<u64> = reg.tenant_endpoints(t.serial).map(|e| e.record.id).collect();
+        store.delete_tenant(&id, &endpoints)?;
+        reg.remove_tenant(&id);
+        Ok(true)
+    })?;
+    if deleted { Ok(StatusCode::NO_CONTENT) } else { Err(Problem::not_found("tenant")) }
+}

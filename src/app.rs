@@ -1,0 +1,214 @@
+//! Wiring and lifecycle: open the store, build the registry, start the committer, the dispatchers and
+//! the HTTP server; on shutdown, stop them in the order that loses nothing.
+//!
+//! Shutdown order: stop accepting and drain HTTP requests (every acknowledged event is already durable)
+//! → stop the committer after the groups in hand → dispatchers finish the attempts in hand and persist
+//! their cursors → a final sync. Every wait is bounded by `server.shutdown_grace`; what does not finish
+//! in time is redone after the restart (at-least-once), never lost.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use rand::RngCore;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState};
+use crate::config::Config;
+use crate::deliver::client::{ClientSettings, HttpClient};
+use crate::deliver::{Shared, Supervisor};
+use crate::ids::IdGen;
+use crate::registry::RegistryHandle;
+use crate::store::{Committer, Store, StoreSettings};
+
+const ADMIN_TOKEN_HASH_META: &str = "admin_token_sha256";
+
+/// Runs hookd until `shutdown` resolves, then shuts down gracefully.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let metrics = crate::metrics::install().context("installing the metrics recorder")?;
+    let store = Store::open(&StoreSettings {
+        data_dir: config.storage.data_dir.clone(),
+        durability: config.storage.durability,
+        cache_bytes: config.storage.cache_bytes.0,
+    })
+    .with_context(|| format!("opening the data dir {}", config.storage.data_dir.display()))?;
+    let admin_token_hash = admin_token(&config, &store)?;
+    let ids = Arc::new(IdGen::new(store.max_id_in_use()?));
+    let registry = RegistryHandle::load(&store)?;
+    let client = HttpClient::new(ClientSettings {
+        connect_timeout: Duration::from_millis(config.delivery.connect_timeout_ms),
+        max_response_body_bytes: usize::try_from(config.delivery.max_response_body_bytes.0)
+            .unwrap_or(usize::MAX),
+        allow_http: config.delivery.allow_http,
+        allow_private_destinations: config.delivery.allow_private_destinations,
+        user_agent: user_agent(),
+    })
+    .context("building the HTTP client")?;
+
+    let stop_dispatch = CancellationToken::new();
+    let supervisor = Supervisor::new(Shared {
+        store: store.clone(),
+        registry: registry.clone(),
+        client,
+        ids: ids.clone(),
+        user_agent: http::HeaderValue::from_str(&user_agent())
+            .unwrap_or(http::HeaderValue::from_static("hookd")),
+        max_response_body_bytes: usize::try_from(config.delivery.max_response_body_bytes.0)
+            .unwrap_or(usize::MAX),
+        routed_upto: Default::default(),
+        shutdown: stop_dispatch.clone(),
+    });
+    let router = supervisor.router();
+    let progress = supervisor.progress();
+    let (committer, commit_thread) =
+        Committer::spawn(store.clone(), ids.clone(), Box::new(move |c| router.route(c)))
+            .context("starting the committer")?;
+    let supervisor_task = tokio::spawn(supervisor.run());
+
+    let separate_metrics = config.server.metrics_listen.is_some();
+    let state = AppState::new(api::Shared {
+        config: config.clone(),
+        store: store.clone(),
+        registry,
+        committer: committer.clone(),
+        progress,
+        ids,
+        metrics: (!separate_metrics).then(|| metrics.clone()),
+        admin_token_hash,
+        log_full: AtomicBool::new(false),
+        ready: AtomicBool::new(true),
+    });
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("binding server.listen {}", config.server.listen))?;
+    let addr = listener.local_addr()?;
+    let stop_http = CancellationToken::new();
+    let metrics_server = match config.server.metrics_listen {
+        Some(maddr) => Some(serve_metrics(maddr, metrics, stop_http.clone()).await?),
+        None => None,
+    };
+    // The one line on stdout that tools (and the test harness) wait for.
+    println!("hookd listening on http://{addr}");
+    tracing::info!(
+        listen = %addr,
+        metrics = %metrics_server.as_ref().map_or_else(|| "same listener".to_owned(), |(a, _)| a.to_string()),
+        data_dir = %config.storage.data_dir.display(),
+        durability = ?config.storage.durability,
+        "hookd started"
+    );
+    let disk_watch = tokio::spawn(watch_disk(state.clone(), stop_http.clone()));
+
+    let http_stop = stop_http.clone();
+    let http = tokio::spawn(
+        axum::serve(listener, api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move { http_stop.cancelled().await })
+            .into_future(),
+    );
+
+    shutdown.await;
+    let grace = config.server.shutdown_grace.0;
+    tracing::info!(grace = ?grace, "draining");
+    state.ready.store(false, Ordering::Release);
+    stop_http.cancel();
+    match tokio::time::timeout(grace, http).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::error!(error = %e, "HTTP server error"),
+        Ok(Err(e)) => tracing::error!(error = %e, "HTTP server task failed"),
+        Err(_) => tracing::warn!("HTTP requests still open after the grace period; closing them"),
+    }
+    let _ = disk_watch.await;
+    if let Some((_, task)) = metrics_server {
+        let _ = task.await;
+    }
+    committer.stop().await;
+    if tokio::task::spawn_blocking(move || commit_thread.join()).await.is_err() {
+        tracing::error!("the committer thread panicked");
+    }
+    stop_dispatch.cancel();
+    if tokio::time::timeout(grace, supervisor_task).await.is_err() {
+        tracing::warn!("attempts still in flight after the grace period; they will be retried after restart");
+    }
+    store.sync()?;
+    tracing::info!("hookd stopped");
+    Ok(())
+}
+
+fn user_agent() -> String {
+    format!("hookd/{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// The admin token's hash: from the config, or from the store, or generated now and printed once.
+fn admin_token(config: &Config, store: &Store) -> anyhow::Result<[u8; 32]> {
+    if !config.auth.admin_token.is_empty() {
+        return Ok(api::auth::hash_token(&config.auth.admin_token));
+    }
+    if let Some(stored) = store.meta(ADMIN_TOKEN_HASH_META)?
+        && let Ok(hash) = <[u8; 32]>::try_from(stored.as_slice())
+    {
+        return Ok(hash);
+    }
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let token = format!("hk_admin_{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    let hash = api::auth::hash_token(&token);
+    store.put_meta(ADMIN_TOKEN_HASH_META, &hash)?;
+    store.sync()?;
+    // Shown this once; only its hash is kept.
+    println!("hookd generated an admin token (shown once, store it now): {token}");
+    Ok(hash)
+}
+
+/// Serves `/metrics` alone on its own address.
+async fn serve_metrics(
+    addr: SocketAddr,
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+    stop: CancellationToken,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener =
+        TcpListener::bind(addr).await.with_context(|| format!("binding server.metrics_listen {addr}"))?;
+    let bound = listener.local_addr()?;
+    println!("hookd metrics on http://{bound}/metrics");
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let handle = handle.clone();
+            async move { handle.render() }
+        }),
+    );
+    let task = tokio::spawn(async move {
+        let served =
+            axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "metrics server error");
+        }
+    });
+    Ok((bound, task))
+}
+
+/// Once a second: the log's size on disk, against `storage.max_log_bytes`.
+async fn watch_disk(state: AppState, stop: CancellationToken) {
+    let cap = state.config.storage.max_log_bytes.0;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        let store = state.store.clone();
+        let Ok(Ok(size)) = tokio::task::spawn_blocking(move || store.size_on_disk()).await else { continue };
+        metrics::gauge!(crate::metrics::LOG_BYTES).set(size as f64);
+        let full = size >= cap;
+        if state.log_full.swap(full, Ordering::AcqRel) != full {
+            if full {
+                tracing::warn!(size, cap, "the log reached storage.max_log_bytes: ingest answers 503");
+            } else {
+                tracing::info!(size, cap, "the log is below storage.max_log_bytes again: ingest resumes");
+            }
+        }
+    }
+}

@@ -1,0 +1,613 @@
+//! The dispatcher: one task per endpoint, owning all of that endpoint's mutable delivery state.
+//!
+//! Work comes from three places, oldest first: retries that are due (the `Q` queue in the store), events
+//! read back from the log while catching up, and events the router pushed into the feed. The task starts
+//! up to `max_in_flight` attempts at once (one when `ordered`), each as its own tokio task, subject to the
+//! endpoint's rate limit; whatever an attempt changes is written in one store batch when it completes.
+//!
+//! The cursor: every event routed here with an id up to the cursor has been handed off — succeeded at
+//! its first attempt, or recorded as a delivery with its own state and retry schedule. It is the oldest
+//! first attempt still in flight (or not yet started) minus one, persisted with the attempt outcomes, and
+//! it is where the task resumes reading the log after a restart. Nothing before it is ever re-read; a
+//! crash between an attempt and its write repeats the attempt (at-least-once).
+
+use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::task::JoinSet;
+
+use super::client::{HttpClient, OutboundRequest};
+use super::feed::{EventRef, Feed};
+use super::request;
+use super::retry::{self, Verdict};
+use super::supervisor::Shared;
+use crate::ids::{EndpointId, EventId};
+use crate::model::{
+    AttemptRecord, DeliveryRecord, DeliveryState, EventRecord, RateLimit, RetryPolicy, Trigger,
+};
+use crate::registry::EndpointEntry;
+use crate::store::{AttemptOutcomeWrite, DeliveryChange, StoreError};
+
+/// Events read from the log per catch-up pass; bounds memory however far behind the endpoint is.
+const CATCH_UP_CHUNK: usize = 512;
+/// Retry-queue entries held in memory; the rest stay in the store until these are done.
+const DUE_IN_MEMORY: usize = 4096;
+/// An idle endpoint's cursor follows the log at most this often (one small write).
+const IDLE_PERSIST_EVERY: Duration = Duration::from_secs(5);
+
+/// What an attempt is for.
+#[derive(Debug)]
+enum Job {
+    /// The first attempt of a single-event delivery.
+    First { event: u64 },
+    /// A later attempt of a delivery whose retry came due.
+    Retry { webhook_id: u64, due: u64, record: DeliveryRecord },
+}
+
+/// A finished attempt.
+struct Done {
+    job: Job,
+    attempt_id: u64,
+    attempt: AttemptRecord,
+    verdict: Verdict,
+}
+
+pub struct Dispatcher {
+    shared: Arc<Shared>,
+    endpoint: u64,
+    tenant: u64,
+    feed: Arc<Feed>,
+    in_flight: JoinSet<Done>,
+    /// First attempts in flight, by event id.
+    pending: BTreeSet<u64>,
+    /// Events read from the log during catch-up, not started yet.
+    backlog: VecDeque<EventRef>,
+    /// The highest event id read from the feed or the log.
+    read_pos: u64,
+    cursor: u64,
+    persisted_cursor: u64,
+    last_persist: Instant,
+    /// Retry-queue entries known in memory, as (due ms, webhook id), earliest first.
+    due: BTreeSet<(u64, u64)>,
+    /// The store may hold queue entries that `due` does not.
+    due_more: bool,
+    /// Webhook ids whose retry is in flight.
+    retrying: HashSet<u64>,
+    limiter: Option<(RateLimit, DefaultDirectRateLimiter)>,
+    rate_wait: Option<Instant>,
+}
+
+impl Dispatcher {
+    pub fn new(shared: Arc<Shared>, endpoint: u64, tenant: u64, feed: Arc<Feed>, cursor: u64) -> Dispatcher {
+        Dispatcher {
+            shared,
+            endpoint,
+            tenant,
+            feed,
+            in_flight: JoinSet::new(),
+            pending: BTreeSet::new(),
+            backlog: VecDeque::new(),
+            read_pos: cursor,
+            cursor,
+            persisted_cursor: cursor,
+            last_persist: Instant::now(),
+            due: BTreeSet::new(),
+            due_more: true,
+            retrying: HashSet::new(),
+            limiter: None,
+            rate_wait: None,
+        }
+    }
+
+    /// Runs until the endpoint is deleted, or until shutdown and the attempts in hand are finished.
+    pub async fn run(mut self) {
+        let mut changes = self.shared.registry.subscribe();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            let snapshot = self.shared.registry.snapshot();
+            let Some(entry) = snapshot.tenant_endpoint(self.tenant, self.endpoint).cloned() else {
+                tracing::debug!(endpoint = %EndpointId(self.endpoint), "endpoint deleted; dispatcher stops");
+                return;
+            };
+            let stopping = self.shared.shutdown.is_cancelled();
+            if stopping && self.in_flight.is_empty() {
+                break;
+            }
+            let active = entry.record.enabled && !stopping;
+            if active {
+                self.fill(&entry);
+            }
+            let wake_at = if active { self.next_wake() } else { None };
+            tokio::select! {
+                Some(joined) = self.in_flight.join_next(), if !self.in_flight.is_empty() => match joined {
+                    Ok(done) => self.finish(done, &entry),
+                    Err(e) => tracing::error!(endpoint = %EndpointId(self.endpoint), error = %e, "attempt task failed"),
+                },
+                () = self.feed.notified() => {}
+                _ = changes.changed() => {}
+                () = sleep_until(wake_at), if wake_at.is_some() => {}
+                () = self.shared.shutdown.cancelled(), if !stopping => {}
+                _ = tick.tick() => self.on_tick(),
+            }
+        }
+        self.advance_cursor();
+        self.persist_cursor();
+    }
+
+    /// Starts attempts until the endpoint's concurrency is used up or nothing is ready.
+    fn fill(&mut self, entry: &EndpointEntry) {
+        let ordered = entry.record.ordered;
+        let max = if ordered { 1 } else { entry.record.max_in_flight.max(1) as usize };
+        let now = crate::time::now_ms();
+        while self.in_flight.len() < max {
+            if self.due.is_empty() && self.due_more {
+                self.reload_due();
+            }
+            let retry_ready = self.due.first().is_some_and(|(due, _)| *due <= now);
+            // Ordered: while a delivery waits for its retry, nothing behind it may start.
+            let head_blocked = ordered && (!self.due.is_empty() || !self.retrying.is_empty());
+            let fresh_ready = !head_blocked && (!self.backlog.is_empty() || self.feed.has_work());
+            if !retry_ready && !fresh_ready {
+                return;
+            }
+            if !self.permit(entry) {
+                return;
+            }
+            if retry_ready {
+                if let Some((due, webhook_id)) = self.due.pop_first() {
+                    self.start_retry(entry, due, webhook_id);
+                }
+            } else if let Some(ev) = self.next_event() {
+                self.start_first(entry, ev);
+            } else {
+                return; // the log read found nothing for this endpoint
+            }
+        }
+    }
+
+    /// The next event for a first attempt: the catch-up backlog, then the feed, then the log.
+    fn next_event(&mut self) -> Option<EventRef> {
+        if let Some(ev) = self.backlog.pop_front() {
+            return Some(ev);
+        }
+        if let Some(ev) = self.feed.pop() {
+            self.read_pos = self.read_pos.max(ev.id);
+            return Some(ev);
+        }
+        let from = self.feed.lag_from()?;
+        self.read_log(from);
+        self.backlog.pop_front()
+    }
+
+    /// Reads the log from `from` into the backlog (a bounded chunk), then tells the feed how far it got.
+    fn read_log(&mut self, from: u64) {
+        let mut scanned_to = from.saturating_sub(1);
+        for item in self.shared.store.records_from(self.tenant, from) {
+            let (first, record) = match item {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(endpoint = %EndpointId(self.endpoint), error = %e, "cannot read the log");
+                    return; // stays lagging; the next pass tries again
+                }
+            };
+            let record = Arc::new(record);
+            for (index, ev) in record.events.iter().enumerate() {
+                let id = first + index as u64;
+                if id < from {
+                    continue;
+                }
+                scanned_to = id;
+                if ev.routes.contains(&self.endpoint) {
+                    self.backlog.push_back(EventRef { id, record: record.clone(), index });
+                }
+            }
+            if self.backlog.len() >= CATCH_UP_CHUNK {
+                break;
+            }
+        }
+        self.read_pos = self.read_pos.max(scanned_to);
+        self.feed.catch_up_done(scanned_to);
+    }
+
+    fn reload_due(&mut self) {
+        match self.shared.store.due(self.endpoint, DUE_IN_MEMORY) {
+            Ok(entries) => {
+                self.due_more = entries.len() == DUE_IN_MEMORY;
+                self.due.extend(entries.into_iter().filter(|(_, w)| !self.retrying.contains(w)));
+            }
+            Err(e) => {
+                tracing::error!(endpoint = %EndpointId(self.endpoint), error = %e, "cannot read the retry queue")
+            }
+        }
+    }
+
+    /// Takes a token from the endpoint's rate limiter; when there is none, notes when to try again.
+    fn permit(&mut self, entry: &EndpointEntry) -> bool {
+        let Some(rl) = entry.record.rate_limit else {
+            self.limiter = None;
+            return true;
+        };
+        if self.limiter.as_ref().is_none_or(|(cfg, _)| *cfg != rl) {
+            let (Some(rate), Some(burst)) =
+                (NonZeroU32::new(rl.per_second), NonZeroU32::new(rl.burst.max(1)))
+            else {
+                return true; // validated at creation: per_second >= 1
+            };
+            self.limiter = Some((rl, RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))));
+        }
+        let Some((_, limiter)) = &self.limiter else { return true };
+        match limiter.check() {
+            Ok(()) => {
+                self.rate_wait = None;
+                true
+            }
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                self.rate_wait = Some(Instant::now() + wait);
+                crate::metrics::rate_limited(wait);
+                false
+            }
+        }
+    }
+
+    fn start_first(&mut self, entry: &EndpointEntry, ev: EventRef) {
+        self.pending.insert(ev.id);
+        let event = ev.event();
+        self.spawn(entry, Job::First { event: ev.id }, &[(ev.id, event)], 1, Trigger::Scheduled);
+    }
+
+    fn start_retry(&mut self, entry: &EndpointEntry, due: u64, webhook_id: u64) {
+        let store = &self.shared.store;
+        let record = match store.delivery(self.endpoint, webhook_id) {
+            Ok(Some(r)) if r.state == DeliveryState::Pending => r,
+            Ok(_) => {
+                // A stale queue entry (the delivery was finished another way): drop it.
+                if let Err(e) = store.drop_due(self.endpoint, due, webhook_id) {
+                    tracing::error!(endpoint = %EndpointId(self.endpoint), error = %e, "cannot drop a queue entry");
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::error!(endpoint = %EndpointId(self.endpoint), error = %e, "cannot read a delivery");
+                return;
+            }
+        };
+        let mut events: Vec<(u64, EventRecord)> = Vec::with_capacity(record.events.len());
+        for id in &record.events {
+            match store.event(self.tenant, *id) {
+                Ok(Some(ev)) => events.push((*id, ev)),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(endpoint = %EndpointId(self.endpoint), error = %e, "cannot read an event");
+                    return;
+                }
+            }
+        }
+        if events.is_empty() {
+            // Its events are gone (retention): nothing left to deliver.
+            if let Err(e) = store.drop_due(self.endpoint, due, webhook_id) {
+                tracing::error!(endpoint = %EndpointId(self.endpoint), error = %e, "cannot drop a queue entry");
+            }
+            return;
+        }
+        self.retrying.insert(webhook_id);
+        let attempt_number = record.attempts + 1;
+        let refs: Vec<(u64, &EventRecord)> = events.iter().map(|(id, e)| (*id, e)).collect();
+        self.spawn(entry, Job::Retry { webhook_id, due, record }, &refs, attempt_number, Trigger::Retry);
+    }
+
+    fn spawn(
+        &mut self,
+        entry: &EndpointEntry,
+        job: Job,
+        events: &[(u64, &EventRecord)],
+        attempt_number: u32,
+        trigger: Trigger,
+    ) {
+        let now = crate::time::now_ms();
+        let (webhook_id, webhook_id_text) = match &job {
+            Job::First { event } => (*event, EventId(*event).to_string()),
+            Job::Retry { webhook_id, record, .. } => {
+                (*webhook_id, webhook_text(*webhook_id, record.batch_id))
+            }
+        };
+        let built = request::build(entry, &webhook_id_text, events, &self.shared.user_agent, now);
+        let attempt = AttemptRecord {
+            endpoint_id: self.endpoint,
+            webhook_id,
+            batch: entry.record.batch.is_some(),
+            events: events.iter().map(|(id, _)| *id).collect(),
+            url: entry.record.url.clone(),
+            method: entry.record.method,
+            sent_at: now,
+            succeeded: false,
+            status_code: None,
+            request_headers: request::recorded_headers(&built.headers),
+            response_headers: Vec::new(),
+            response_body: String::new(),
+            response_truncated: false,
+            error_class: None,
+            error: None,
+            duration_ms: 0,
+            attempt_number,
+            trigger,
+        };
+        let req = OutboundRequest {
+            method: entry.record.method.as_http(),
+            url: entry.record.url.clone(),
+            headers: built.headers,
+            body: built.body,
+            timeout: Duration::from_millis(entry.record.timeout_ms),
+            verify_tls: entry.record.verify_tls,
+        };
+        let client = self.shared.client.clone();
+        let attempt_id = self.shared.ids.next();
+        self.in_flight.spawn(async move {
+            let (attempt, verdict) = send(client, req, attempt).await;
+            Done { job, attempt_id, attempt, verdict }
+        });
+    }
+
+    /// Records a finished attempt and decides what comes next for its delivery.
+    fn finish(&mut self, done: Done, entry: &EndpointEntry) {
+        let now = crate::time::now_ms();
+        let policy = entry.record.retry;
+        let (succeeded, retry_after, disable) = match &done.verdict {
+            Verdict::Success => (true, None, false),
+            Verdict::Retry { retry_after, .. } => (false, *retry_after, false),
+            Verdict::RetryAndDisable { .. } => (false, None, true),
+        };
+        crate::metrics::attempt(
+            succeeded,
+            done.attempt.status_code,
+            Duration::from_millis(done.attempt.duration_ms),
+        );
+        let change = match done.job {
+            Job::First { event } => {
+                self.pending.remove(&event);
+                if succeeded {
+                    DeliveryChange::FirstTrySuccess
+                } else {
+                    let record = DeliveryRecord {
+                        events: vec![event],
+                        batch_id: None,
+                        state: DeliveryState::Pending,
+                        attempts: 0,
+                        next_attempt_at: None,
+                        last_attempt_id: None,
+                        created_at: now,
+                        updated_at: now,
+                    };
+                    self.next_step(record, event, None, done.attempt_id, &policy, false, retry_after, now)
+                }
+            }
+            Job::Retry { webhook_id, due, record } => {
+                self.retrying.remove(&webhook_id);
+                self.next_step(
+                    record,
+                    webhook_id,
+                    Some(due),
+                    done.attempt_id,
+                    &policy,
+                    succeeded,
+                    retry_after,
+                    now,
+                )
+            }
+        };
+        let moved = self.advance_cursor();
+        let write = AttemptOutcomeWrite {
+            tenant: self.tenant,
+            endpoint: self.endpoint,
+            attempt_id: done.attempt_id,
+            attempt: &done.attempt,
+            delivery: change,
+            cursor: moved.then_some(self.cursor),
+        };
+        match self.shared.store.write_attempt_outcome(&write) {
+            Ok(()) => {
+                if moved {
+                    self.persisted_cursor = self.cursor;
+                    self.last_persist = Instant::now();
+                }
+            }
+            Err(e) => {
+                tracing::error!(endpoint = %EndpointId(self.endpoint), error = %e, "cannot record an attempt")
+            }
+        }
+        if disable {
+            self.disable("the endpoint answered 410 Gone");
+        }
+    }
+
+    /// The delivery's state after an attempt: succeeded, retry at a time, or failed for good.
+    #[allow(clippy::too_many_arguments)]
+    fn next_step(
+        &mut self,
+        mut record: DeliveryRecord,
+        webhook_id: u64,
+        old_due: Option<u64>,
+        attempt_id: u64,
+        policy: &RetryPolicy,
+        succeeded: bool,
+        retry_after: Option<Duration>,
+        now: u64,
+    ) -> DeliveryChange {
+        record.attempts += 1;
+        record.last_attempt_id = Some(attempt_id);
+        record.updated_at = now;
+        record.next_attempt_at = None;
+        let mut new_due = None;
+        if succeeded {
+            record.state = DeliveryState::Succeeded;
+        } else if let Some(delay) = retry::next_delay(policy, record.attempts, retry_after, &mut rand::rng())
+        {
+            let due = now.saturating_add(delay.as_millis() as u64);
+            record.state = DeliveryState::Pending;
+            record.next_attempt_at = Some(due);
+            new_due = Some(due);
+            self.due.insert((due, webhook_id));
+            if self.due.len() > DUE_IN_MEMORY {
+                self.due.pop_last();
+                self.due_more = true;
+            }
+            crate::metrics::retry_scheduled();
+        } else {
+            record.state = DeliveryState::Failed;
+            crate::metrics::delivery_failed();
+        }
+        DeliveryChange::Put { webhook_id, record, old_due, new_due }
+    }
+
+    /// Moves the cursor up to just before the oldest event not handed off. Returns whether it moved.
+    fn advance_cursor(&mut self) -> bool {
+        let mut low = self.read_pos;
+        if let Some(&p) = self.pending.first() {
+            low = low.min(p.saturating_sub(1));
+        }
+        if let Some(b) = self.backlog.front() {
+            low = low.min(b.id.saturating_sub(1));
+        }
+        if low > self.cursor {
+            self.cursor = low;
+            self.feed.cursor.store(low, Ordering::Release);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Once a second: an idle endpoint's cursor follows the log, so a restart does not re-read what
+    /// other endpoints got meanwhile.
+    fn on_tick(&mut self) {
+        // Read the routed mark before looking at the feed: everything up to it was pushed already.
+        let routed = self.shared.routed_upto.load(Ordering::Acquire);
+        if self.pending.is_empty() && self.backlog.is_empty() && !self.feed.has_work() {
+            self.read_pos = self.read_pos.max(routed);
+        }
+        self.advance_cursor();
+        if self.cursor > self.persisted_cursor && self.last_persist.elapsed() >= IDLE_PERSIST_EVERY {
+            self.persist_cursor();
+        }
+    }
+
+    fn persist_cursor(&mut self) {
+        if self.cursor <= self.persisted_cursor {
+            return;
+        }
+        match self.shared.store.put_cursor(self.endpoint, self.cursor) {
+            Ok(()) => {
+                self.persisted_cursor = self.cursor;
+                self.last_persist = Instant::now();
+            }
+            Err(e) => {
+                tracing::error!(endpoint = %EndpointId(self.endpoint), error = %e, "cannot persist the cursor")
+            }
+        }
+    }
+
+    /// When to wake without any other signal: a retry coming due, or the rate limiter refilling.
+    fn next_wake(&self) -> Option<Instant> {
+        let now_ms = crate::time::now_ms();
+        let due = self
+            .due
+            .first()
+            .map(|(due, _)| Instant::now() + Duration::from_millis(due.saturating_sub(now_ms)));
+        match (due, self.rate_wait) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Disables the endpoint (410 Gone). Its deliveries are kept: they resume when it is enabled again.
+    fn disable(&self, reason: &str) {
+        let endpoint = self.endpoint;
+        let result = self.shared.registry.mutate(|reg, store| -> Result<bool, StoreError> {
+            let Some(e) = reg.endpoint(endpoint) else { return Ok(false) };
+            if !e.record.enabled {
+                return Ok(false);
+            }
+            let mut rec = e.record.clone();
+            rec.enabled = false;
+            rec.disabled_reason = Some(reason.to_owned());
+            rec.updated_at = crate::time::now_ms();
+            store.put_endpoint(&rec)?;
+            reg.put_endpoint(rec);
+            Ok(true)
+        });
+        match result {
+            Ok(true) => {
+                crate::metrics::endpoint_disabled();
+                tracing::warn!(endpoint = %EndpointId(endpoint), reason, "endpoint disabled");
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(endpoint = %EndpointId(endpoint), error = %e, "cannot disable the endpoint")
+            }
+        }
+    }
+}
+
+fn webhook_text(webhook_id: u64, batch: Option<u64>) -> String {
+    match batch {
+        Some(b) => crate::ids::BatchId(b).to_string(),
+        None => EventId(webhook_id).to_string(),
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at.into()).await;
+    }
+}
+
+/// Sends one request and fills in the attempt record with what came back.
+async fn send(
+    client: HttpClient,
+    req: OutboundRequest,
+    mut attempt: AttemptRecord,
+) -> (AttemptRecord, Verdict) {
+    let started = Instant::now();
+    let outcome = client.send(req).await;
+    attempt.duration_ms = started.elapsed().as_millis() as u64;
+    let verdict = retry::classify(&outcome, SystemTime::now());
+    attempt.succeeded = matches!(verdict, Verdict::Success);
+    match &outcome {
+        Ok(resp) => {
+            attempt.status_code = Some(resp.status.as_u16());
+            attempt.response_headers = request::recorded_headers(&resp.headers);
+            attempt.response_body = String::from_utf8_lossy(&resp.body).into_owned();
+            attempt.response_truncated = resp.truncated;
+            if !attempt.succeeded {
+                attempt.error_class = Some("http_status".into());
+                attempt.error = Some(format!("HTTP {}", resp.status));
+            }
+        }
+        Err(e) => {
+            attempt.error_class = Some(e.class().into());
+            attempt.error = Some(error_chain(e));
+        }
+    }
+    (attempt, verdict)
+}
+
+/// An error with its sources, for the history (`connect: tcp connect error: Connection refused`).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}

@@ -1,0 +1,156 @@
+//! Building the request a receiver gets: body, Standard Webhooks headers, signature.
+//!
+//! Body of one event: `{"id","type","timestamp","channels","data"}`; of a batch: `{"events": [...]}`.
+//! The payload's JSON text is spliced in as stored — never parsed and re-serialized on the hot path.
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http::header::{CONTENT_TYPE, HeaderName, HeaderValue, USER_AGENT};
+
+use super::sign;
+use crate::ids::EventId;
+use crate::model::EventRecord;
+use crate::registry::EndpointEntry;
+
+pub const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
+pub const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
+pub const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
+
+/// Appends one event object to `out`.
+pub fn write_event_json(out: &mut String, id: u64, ev: &EventRecord) {
+    out.push_str("{\"id\":\"");
+    out.push_str(&EventId(id).to_string());
+    out.push_str("\",\"type\":");
+    push_json_str(out, &ev.event_type);
+    out.push_str(",\"timestamp\":\"");
+    out.push_str(&crate::time::format_ms(ev.received_at));
+    out.push_str("\",\"channels\":[");
+    for (i, c) in ev.channels.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_json_str(out, c);
+    }
+    out.push_str("],\"data\":");
+    out.push_str(&ev.payload);
+    out.push('}');
+}
+
+fn push_json_str(out: &mut String, s: &str) {
+    // serde_json's escaping of a &str cannot fail.
+    out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into()));
+}
+
+/// The JSON body for these events: one event object, or `{"events": [...]}` for a batch endpoint.
+pub fn body(events: &[(u64, &EventRecord)], batch: bool) -> String {
+    let size: usize = events.iter().map(|(_, e)| e.payload.len() + e.event_type.len() + 128).sum();
+    let mut out = String::with_capacity(size + 16);
+    if batch {
+        out.push_str("{\"events\":[");
+        for (i, (id, ev)) in events.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            write_event_json(&mut out, *id, ev);
+        }
+        out.push_str("]}");
+    } else if let Some((id, ev)) = events.first() {
+        write_event_json(&mut out, *id, ev);
+    }
+    out
+}
+
+/// Headers of a delivery: the endpoint's own first, then the standard ones (which cannot be overridden).
+pub fn headers(
+    entry: &EndpointEntry,
+    webhook_id: &str,
+    timestamp: i64,
+    body: &[u8],
+    user_agent: &HeaderValue,
+    now_ms: u64,
+) -> HeaderMap {
+    let mut h = HeaderMap::with_capacity(entry.record.headers.len() + 6);
+    for (k, v) in &entry.record.headers {
+        // Validated when the endpoint was saved; a header that no longer parses is skipped, not fatal.
+        if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::try_from(v.as_str())) {
+            h.insert(k, v);
+        }
+    }
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(USER_AGENT, user_agent.clone());
+    if let Ok(v) = HeaderValue::try_from(webhook_id) {
+        h.insert(WEBHOOK_ID, v);
+    }
+    h.insert(WEBHOOK_TIMESTAMP, HeaderValue::from(timestamp));
+    let secrets = entry.signing_secrets(now_ms);
+    let signature = sign::signature_header(&secrets, webhook_id, timestamp, body);
+    if let Ok(v) = HeaderValue::try_from(signature) {
+        h.insert(WEBHOOK_SIGNATURE, v);
+    }
+    h
+}
+
+/// A request as built, before sending: also what the attempt history records.
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub body: Bytes,
+    pub headers: HeaderMap,
+}
+
+/// Builds the whole request for these events.
+pub fn build(
+    entry: &EndpointEntry,
+    webhook_id: &str,
+    events: &[(u64, &EventRecord)],
+    user_agent: &HeaderValue,
+    now_ms: u64,
+) -> Built {
+    let body = Bytes::from(body(events, entry.record.batch.is_some()));
+    let timestamp = (now_ms / 1000) as i64;
+    let headers = headers(entry, webhook_id, timestamp, &body, user_agent, now_ms);
+    Built { body, headers }
+}
+
+/// Headers as recorded in the history: the signature is kept (it is not a secret and helps support
+/// staff debug verification failures), nothing else of the secret is ever there.
+pub fn recorded_headers(h: &HeaderMap) -> Vec<(String, String)> {
+    h.iter()
+        .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(payload: &str) -> EventRecord {
+        EventRecord {
+            event_type: "ticket.created".into(),
+            channels: vec!["client_\"42".into()],
+            payload: payload.into(),
+            received_at: 1_795_371_202_536,
+            idempotency_key: None,
+            routes: vec![],
+        }
+    }
+
+    #[test]
+    fn a_single_event_body_has_the_documented_shape() {
+        let e = ev(r#"{"n":1,"s":"é"}"#);
+        let b = body(&[(5, &e)], false);
+        let v: serde_json::Value = serde_json::from_str(&b).unwrap_or_default();
+        assert_eq!(v["id"], EventId(5).to_string());
+        assert_eq!(v["type"], "ticket.created");
+        assert_eq!(v["timestamp"], "2026-11-22T18:13:22.536Z");
+        assert_eq!(v["channels"][0], "client_\"42");
+        assert_eq!(v["data"]["s"], "é");
+    }
+
+    #[test]
+    fn a_batch_body_lists_events_oldest_first() {
+        let (a, b) = (ev("{\"n\":1}"), ev("{\"n\":2}"));
+        let v: serde_json::Value = serde_json::from_str(&body(&[(1, &a), (2, &b)], true)).unwrap_or_default();
+        assert_eq!(v["events"][0]["data"]["n"], 1);
+        assert_eq!(v["events"][1]["data"]["n"], 2);
+    }
+}

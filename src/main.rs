@@ -1,0 +1,88 @@
+//! The `hookd` binary: parses arguments, loads the config, and hands over to [`hookd::app`].
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use hookd::config::Config;
+use hookd::telemetry::{self, LogFormat};
+
+/// sysexits' EX_CONFIG-adjacent EX_USAGE: the configuration is wrong, retrying will not help.
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "hookd",
+    version,
+    about = "Webhook delivery daemon: durable ingest, fan-out, signed delivery with retries."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon (embedded defaults when no --config is given).
+    Serve {
+        /// TOML config file; every key can also be set with HOOKD_<SECTION>__<KEY>.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Log format on stderr.
+        #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+        log_format: LogFormat,
+    },
+    /// Validate a config (file + environment) and print the effective values, secrets redacted.
+    CheckConfig {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Print the version.
+    Version,
+}
+
+fn load(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
+    Config::load(path, std::env::vars()).map_err(|e| {
+        eprintln!("hookd: invalid configuration: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Version => {
+            println!("hookd {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::CheckConfig { config } => match load(config.as_deref()) {
+            Ok(c) => {
+                print!("{}", c.to_redacted_toml());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Serve { config, log_format } => {
+            let config = match load(config.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            telemetry::init(log_format);
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("hookd: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(hookd::app::run(config, hookd::shutdown::signal())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "hookd stopped on an error");
+                    eprintln!("hookd: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! Domain records: what hookd stores and what the delivery pipeline works on.
+//!
+//! These are the storage shapes (encoded with rmp-serde inside a versioned envelope, see [`crate::store`]);
+//! the API's JSON views are built from them in [`crate::api`]. Fields added later must carry
+//! `#[serde(default)]` so that an older record still reads.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A tenant: one customer of the platform, owning endpoints, events and history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TenantRecord {
+    /// Internal number used in storage keys. A deleted and re-created tenant gets a new serial, so data of
+    /// the old one can never show through the new one.
+    pub serial: u64,
+    /// The platform's own id for the tenant (`acme`), unique.
+    pub id: String,
+    pub name: String,
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+/// The HTTP method used to call an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum HttpMethod {
+    #[default]
+    Post,
+    Put,
+    Get,
+}
+
+impl HttpMethod {
+    pub fn as_http(self) -> http::Method {
+        match self {
+            HttpMethod::Post => http::Method::POST,
+            HttpMethod::Put => http::Method::PUT,
+            HttpMethod::Get => http::Method::GET,
+        }
+    }
+}
+
+/// How a delivery body is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadFormat {
+    #[default]
+    Json,
+    /// `application/x-www-form-urlencoded`, `payload=<json>`.
+    Form,
+}
+
+/// Exponential backoff: delay n = min(max_ms, initial_ms × 2^(n-1)) ± 20 %.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first one included.
+    pub max_attempts: u32,
+    pub initial_ms: u64,
+    pub max_ms: u64,
+}
+
+impl Default for RetryPolicy {
+    /// 18 attempts from 5 s doubling up to 6 h: the last attempt comes ~35 h after the first, so a receiver
+    /// that is down for a day still gets everything.
+    fn default() -> Self {
+        Self { max_attempts: 18, initial_ms: 5_000, max_ms: 6 * 3_600_000 }
+    }
+}
+
+/// Requests per second allowed to one endpoint (token bucket).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+/// Several events in one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchPolicy {
+    pub max_events: u32,
+    pub max_wait_ms: u64,
+}
+
+/// A signing secret that was replaced but still signs until `expires_at` (rotation grace period).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetiredSecret {
+    pub secret: String,
+    pub expires_at: u64,
+}
+
+/// An endpoint: where a tenant's matching events are delivered, and how.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EndpointRecord {
+    pub id: u64,
+    pub tenant_serial: u64,
+    pub name: String,
+    pub description: String,
+    pub url: String,
+    pub method: HttpMethod,
+    pub format: PayloadFormat,
+    /// Empty: every type.
+    pub event_types: Vec<String>,
+    /// Empty: every channel (and events without channels).
+    pub channels: Vec<String>,
+    pub filter: Option<String>,
+    pub payload_template: Option<String>,
+    pub headers: BTreeMap<String, String>,
+    /// `whsec_…`.
+    pub secret: String,
+    pub retired_secrets: Vec<RetiredSecret>,
+    pub rate_limit: Option<RateLimit>,
+    pub max_in_flight: u32,
+    pub batch: Option<BatchPolicy>,
+    pub retry: RetryPolicy,
+    pub ordered: bool,
+    pub verify_tls: bool,
+    pub timeout_ms: u64,
+    pub enabled: bool,
+    /// Why hookd disabled it (`410 Gone`, …); `None` when a person did, or when it is enabled.
+    pub disabled_reason: Option<String>,
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+/// An entry of the event catalog.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventTypeRecord {
+    pub name: String,
+    pub description: String,
+    /// JSON text of a JSON Schema the payload must satisfy.
+    pub schema: Option<String>,
+    /// JSON text of an example payload.
+    pub example: Option<String>,
+    pub deprecated: bool,
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+/// One event as stored in the log. The payload is stored once, however many endpoints it matched.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub event_type: String,
+    pub channels: Vec<String>,
+    /// The payload's JSON text, exactly as received (validated).
+    pub payload: String,
+    pub received_at: u64,
+    pub idempotency_key: Option<String>,
+    /// The endpoints this event matched at ingest time; each gets it at least once.
+    pub routes: Vec<u64>,
+}
+
+/// A log record: the events of one tenant committed together, with consecutive ids starting at the key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogRecord {
+    pub events: Vec<EventRecord>,
+}
+
+/// Where a delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryState {
+    Pending,
+    Succeeded,
+    Failed,
+}
+
+/// A delivery that did not succeed at its first attempt (the common case — success at once — costs no
+/// record: the endpoint's cursor passing the event says it). Keyed by endpoint and webhook id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryRecord {
+    /// The events it carries (one, or a batch's).
+    pub events: Vec<u64>,
+    /// `Some` for a batch: the `bat_…` id is the webhook id.
+    pub batch_id: Option<u64>,
+    pub state: DeliveryState,
+    pub attempts: u32,
+    /// While pending: when the next attempt is due (unix ms).
+    pub next_attempt_at: Option<u64>,
+    pub last_attempt_id: Option<u64>,
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+/// Why an attempt was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    Scheduled,
+    Retry,
+    Manual,
+    Test,
+}
+
+/// One HTTP request to an endpoint and what came back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    pub endpoint_id: u64,
+    /// The `webhook-id`'s number: the event id, or the batch id.
+    pub webhook_id: u64,
+    pub batch: bool,
+    pub events: Vec<u64>,
+    pub url: String,
+    pub method: HttpMethod,
+    pub sent_at: u64,
+    pub succeeded: bool,
+    pub status_code: Option<u16>,
+    pub request_headers: Vec<(String, String)>,
+    pub response_headers: Vec<(String, String)>,
+    /// Capped at `delivery.max_response_body_bytes`, lossy UTF-8.
+    pub response_body: String,
+    pub response_truncated: bool,
+    /// Error class (`timeout`, `connect`, `tls`, `dns`, `blocked`, `http_status`, …) when not a success.
+    pub error_class: Option<String>,
+    pub error: Option<String>,
+    pub duration_ms: u64,
+    pub attempt_number: u32,
+    pub trigger: Trigger,
+}

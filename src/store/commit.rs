@@ -1,0 +1,305 @@
+//! Group commit: one thread writes what many concurrent ingest requests hand it, makes it durable once,
+//! routes it to the dispatchers, and only then answers them all.
+//!
+//! Why a dedicated OS thread: the flush and `fdatasync` block for milliseconds; while one group is being
+//! made durable the next group accumulates in the channel, so the number of syncs per second stays
+//! constant while the events per sync grow with load.
+//!
+//! Why here and not in the request task: the committer is the single place where ids are assigned and
+//! idempotency keys are checked, so two concurrent requests with the same key cannot both store an event.
+//! A request whose client went away still completes: the committer owns the work once it is queued, so
+//! an event is either not stored at all or stored and routed — never stored and forgotten.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::records::{self, IdempotencyRecord};
+use super::{Store, StoreError, keys};
+use crate::ids::IdGen;
+use crate::model::{EventRecord, LogRecord};
+
+/// Upper bounds of one group: past them the next group starts (a single larger request still goes alone).
+const MAX_GROUP_EVENTS: usize = 20_000;
+const MAX_GROUP_BYTES: usize = 32 << 20;
+/// Requests waiting for the committer; past this, ingest handlers wait (back-pressure, not memory growth).
+const QUEUE_DEPTH: usize = 4096;
+
+/// An event validated and routed by ingest, waiting for its id.
+#[derive(Debug, Clone)]
+pub struct PreparedEvent {
+    pub event_type: String,
+    pub channels: Vec<String>,
+    pub payload: String,
+    pub idempotency_key: Option<String>,
+    pub routes: Vec<u64>,
+}
+
+/// The answer for one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
+    pub id: u64,
+    pub received_at: u64,
+    /// True when an idempotency key matched an earlier event: nothing new was stored.
+    pub duplicate: bool,
+}
+
+/// A log record just made durable, as handed to the router.
+#[derive(Debug, Clone)]
+pub struct CommittedRecord {
+    pub tenant: u64,
+    pub first_id: u64,
+    pub record: Arc<LogRecord>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the log is shutting down")]
+    Stopped,
+}
+
+/// Called by the committer thread after each durable group, before the requests are answered.
+pub type OnCommit = Box<dyn Fn(&[CommittedRecord]) + Send>;
+
+enum Msg {
+    Commit(Request),
+    Stop,
+}
+
+struct Request {
+    tenant: u64,
+    events: Vec<PreparedEvent>,
+    bytes: usize,
+    reply: oneshot::Sender<Result<Vec<Accepted>, Arc<StoreError>>>,
+}
+
+/// Handle to the committer thread; cheap to clone.
+#[derive(Clone)]
+pub struct Committer {
+    tx: mpsc::Sender<Msg>,
+}
+
+impl Committer {
+    /// Starts the committer thread.
+    pub fn spawn(
+        store: Store,
+        ids: Arc<IdGen>,
+        on_commit: OnCommit,
+    ) -> std::io::Result<(Committer, std::thread::JoinHandle<()>)> {
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let handle = std::thread::Builder::new()
+            .name("hookd-commit".into())
+            .spawn(move || run(rx, &store, &ids, &*on_commit))?;
+        Ok((Committer { tx }, handle))
+    }
+
+    /// Appends `events` of one tenant atomically; resolves once they are durable and routed.
+    pub async fn commit(
+        &self,
+        tenant: u64,
+        events: Vec<PreparedEvent>,
+    ) -> Result<Vec<Accepted>, CommitError> {
+        let bytes = events.iter().map(|e| e.payload.len() + e.event_type.len() + 64).sum();
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Msg::Commit(Request { tenant, events, bytes, reply }))
+            .await
+            .map_err(|_| CommitError::Stopped)?;
+        match answer.await {
+            Ok(Ok(accepted)) => Ok(accepted),
+            Ok(Err(e)) => Err(CommitError::Store(shared_error(&e))),
+            Err(_) => Err(CommitError::Stopped),
+        }
+    }
+
+    /// Asks the thread to finish what is queued before this call and exit.
+    pub async fn stop(&self) {
+        let _ = self.tx.send(Msg::Stop).await;
+    }
+}
+
+/// StoreError is not Clone (it holds io/sled errors); a group's failure is shared by all its requests.
+fn shared_error(e: &Arc<StoreError>) -> StoreError {
+    StoreError::Io(std::io::Error::other(e.to_string()))
+}
+
+fn run(
+    mut rx: mpsc::Receiver<Msg>,
+    store: &Store,
+    ids: &IdGen,
+    on_commit: &(dyn Fn(&[CommittedRecord]) + Send),
+) {
+    while let Some(first) = rx.blocking_recv() {
+        let Msg::Commit(first) = first else { break };
+        let (mut n, mut bytes) = (first.events.len(), first.bytes);
+        let mut group = vec![first];
+        let mut stop = false;
+        while n < MAX_GROUP_EVENTS && bytes < MAX_GROUP_BYTES {
+            match rx.try_recv() {
+                Ok(Msg::Commit(r)) => {
+                    n += r.events.len();
+                    bytes += r.bytes;
+                    group.push(r);
+                }
+                Ok(Msg::Stop) => {
+                    stop = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        commit_group(store, ids, group, on_commit);
+        if stop {
+            break;
+        }
+    }
+    tracing::debug!("group committer stopped");
+}
+
+/// Where one event of a request ended up.
+#[derive(Clone)]
+enum Slot {
+    /// Stored as event `pos` of the group's record for tenant `t`.
+    New { t: usize, pos: usize },
+    /// Same idempotency key as an event stored earlier in this group.
+    SameAs { t: usize, pos: usize },
+    /// Same idempotency key as an event already in the log.
+    Existing(IdempotencyRecord),
+}
+
+fn commit_group(
+    store: &Store,
+    ids: &IdGen,
+    group: Vec<Request>,
+    on_commit: &(dyn Fn(&[CommittedRecord]) + Send),
+) {
+    let started = Instant::now();
+    let now = crate::time::now_ms();
+    let log = &store.inner.log;
+    let mut tenants: Vec<(u64, Vec<EventRecord>)> = Vec::new();
+    let mut tenant_index: HashMap<u64, usize> = HashMap::new();
+    let mut in_group_keys: HashMap<(u64, String), (usize, usize)> = HashMap::new();
+    let mut slots: Vec<Vec<Slot>> = Vec::with_capacity(group.len());
+    let mut replies = Vec::with_capacity(group.len());
+    let mut failed: Option<StoreError> = None;
+
+    for req in group {
+        replies.push(req.reply);
+        if failed.is_some() {
+            continue;
+        }
+        let t = *tenant_index.entry(req.tenant).or_insert_with(|| {
+            tenants.push((req.tenant, Vec::new()));
+            tenants.len() - 1
+        });
+        let mut req_slots = Vec::with_capacity(req.events.len());
+        for ev in req.events {
+            if let Some(key) = &ev.idempotency_key {
+                if let Some(&(t0, pos)) = in_group_keys.get(&(req.tenant, key.clone())) {
+                    req_slots.push(Slot::SameAs { t: t0, pos });
+                    continue;
+                }
+                let k = keys::tenant_named(keys::IDEMPOTENCY, req.tenant, key);
+                match log
+                    .get(&k)
+                    .map_err(StoreError::from)
+                    .and_then(|v| v.map(|bytes| records::decode::<IdempotencyRecord>(&k, &bytes)).transpose())
+                {
+                    Ok(Some(existing)) => {
+                        req_slots.push(Slot::Existing(existing));
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        // The log cannot be read: nothing in this group can be trusted to dedupe.
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            let events = &mut tenants[t].1;
+            let pos = events.len();
+            if let Some(key) = &ev.idempotency_key {
+                in_group_keys.insert((req.tenant, key.clone()), (t, pos));
+            }
+            events.push(EventRecord {
+                event_type: ev.event_type,
+                channels: ev.channels,
+                payload: ev.payload,
+                received_at: now,
+                idempotency_key: ev.idempotency_key,
+                routes: ev.routes,
+            });
+            req_slots.push(Slot::New { t, pos });
+        }
+        slots.push(req_slots);
+    }
+
+    let result = match failed {
+        Some(e) => Err(e),
+        None => write_group(store, ids, tenants, now),
+    };
+    let committed = match result {
+        Ok(committed) => committed,
+        Err(e) => {
+            let e = Arc::new(e);
+            tracing::error!(error = %e, "group commit failed");
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+            return;
+        }
+    };
+    on_commit(&committed);
+    let first_ids: Vec<u64> = committed.iter().map(|c| c.first_id).collect();
+    let events: usize = committed.iter().map(|c| c.record.events.len()).sum();
+    crate::metrics::group_committed(events, started.elapsed());
+    for (reply, slots) in replies.into_iter().zip(slots) {
+        let answer = Ok(slots
+            .into_iter()
+            .map(|slot| match slot {
+                Slot::New { t, pos } => {
+                    Accepted { id: first_ids[t] + pos as u64, received_at: now, duplicate: false }
+                }
+                Slot::SameAs { t, pos } => {
+                    Accepted { id: first_ids[t] + pos as u64, received_at: now, duplicate: true }
+                }
+                Slot::Existing(r) => Accepted { id: r.event_id, received_at: r.received_at, duplicate: true },
+            })
+            .collect());
+        let _ = reply.send(answer); // the client may have gone away; the events are stored regardless
+    }
+}
+
+/// Writes one record per tenant (and the idempotency keys) in one sled batch, then makes it durable.
+fn write_group(
+    store: &Store,
+    ids: &IdGen,
+    tenants: Vec<(u64, Vec<EventRecord>)>,
+    now: u64,
+) -> Result<Vec<CommittedRecord>, StoreError> {
+    let mut batch = sled::Batch::default();
+    let mut committed = Vec::with_capacity(tenants.len());
+    for (tenant, events) in tenants {
+        // Every tenant keeps its slot so that `first_ids[t]` lines up; an empty one writes nothing.
+        let first_id = if events.is_empty() { 0 } else { ids.next_block(events.len() as u64) };
+        for (pos, ev) in events.iter().enumerate() {
+            if let Some(key) = &ev.idempotency_key {
+                let rec = IdempotencyRecord { event_id: first_id + pos as u64, received_at: now };
+                batch.insert(keys::tenant_named(keys::IDEMPOTENCY, tenant, key), records::encode(&rec)?);
+            }
+        }
+        let record = LogRecord { events };
+        if !record.events.is_empty() {
+            batch.insert(&keys::two(keys::LOG, tenant, first_id), records::encode(&record)?);
+        }
+        committed.push(CommittedRecord { tenant, first_id, record: Arc::new(record) });
+    }
+    store.inner.log.apply_batch(batch)?;
+    store.sync()?;
+    Ok(committed)
+}

@@ -1,0 +1,169 @@
+//! Storage: one sled database, three trees, versioned rmp-serde records.
+//!
+//! # Trees and key layout
+//! All integers in keys are big-endian so that sled's byte order is numeric order. `T` is a tenant's
+//! serial (8 bytes), `E` an endpoint id (8), `V` an event id (8), `W` a webhook id — the event id of a
+//! single-event delivery or the batch id of a batch — (8), `A` an attempt id (8), `D` a unix-ms due time (8).
+//!
+//! | tree     | key                         | value                                   | written by            |
+//! |----------|-----------------------------|-----------------------------------------|-----------------------|
+//! | `config` | `t` tenant-id (utf-8)       | [`TenantRecord`]                        | API                   |
+//! | `config` | `e` E                       | [`EndpointRecord`]                      | API, dispatcher (410) |
+//! | `config` | `y` type name (utf-8)       | [`EventTypeRecord`]                     | API                   |
+//! | `config` | `m` name                    | meta values (admin token hash, …)       | app                   |
+//! | `log`    | `L` T V                     | [`LogRecord`]: events V, V+1, …          | group commit          |
+//! | `log`    | `I` T idempotency-key       | [`IdempotencyRecord`]                   | group commit          |
+//! | `state`  | `C` E                       | cursor: u64, every event ≤ it is handed off | dispatcher        |
+//! | `state`  | `D` E W                     | [`DeliveryRecord`] (not a first-try success) | dispatcher       |
+//! | `state`  | `Q` E D W                   | empty: the retry queue, ordered by due time | dispatcher        |
+//! | `state`  | `A` T A                     | [`AttemptRecord`]                       | dispatcher            |
+//! | `state`  | `a` E A                     | empty: attempts by endpoint             | dispatcher            |
+//!
+//! # Invariants
+//! - An ingest request is one sled batch on `log` (its events and idempotency keys together) and each
+//!   event carries its routes, so an acknowledged event is always deliverable: nothing else must be
+//!   written for it to reach its endpoints, and a request cut off half-way leaves either nothing or all.
+//! - The payload is stored once, in the log, however many endpoints it matched.
+//! - The outcome of one attempt (attempt record, delivery state, retry-queue entry, cursor) is one sled
+//!   batch on `state`: after a crash it is either all there or not at all (then the attempt is redone).
+//! - Event ids inside a log record are consecutive, so an event is found with one reverse range seek.
+//!
+//! # Record format
+//! Every value that is a record is `[format version: u8] ++ rmp-serde (compact, array) encoding`.
+//! Version 1 is the only one so far. Fields added later carry `#[serde(default)]` and go at the end, so a
+//! newer binary reads an older record; a record with a version above [`records::FORMAT_VERSION`] is refused
+//! with [`StoreError::UnknownVersion`] rather than misread.
+
+mod catalog;
+mod commit;
+mod durability;
+mod history;
+mod keys;
+mod log;
+pub mod records;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use catalog::CatalogError;
+pub use commit::{Accepted, CommitError, CommittedRecord, Committer, PreparedEvent};
+pub use history::{AttemptFilter, AttemptOutcomeWrite, DeliveryChange};
+pub use log::EventFilter;
+pub use records::IdempotencyRecord;
+
+use crate::config::Durability;
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage engine error")]
+    Sled(#[from] sled::Error),
+    #[error("storage I/O error")]
+    Io(#[from] std::io::Error),
+    #[error("undecodable record under key {key:?}")]
+    Decode {
+        key: Vec<u8>,
+        #[source]
+        source: rmp_serde::decode::Error,
+    },
+    #[error("record under key {key:?} has format version {version}, newer than this binary reads")]
+    UnknownVersion { key: Vec<u8>, version: u8 },
+    #[error("record encoding error")]
+    Encode(#[from] rmp_serde::encode::Error),
+    #[error("the group committer has stopped")]
+    CommitterGone,
+}
+
+/// Settings the store is opened with.
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    pub data_dir: PathBuf,
+    pub durability: Durability,
+    pub cache_bytes: u64,
+}
+
+/// The storage handle: cheap to clone, shared by the API, the committer and the dispatchers.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: sled::Db,
+    config: sled::Tree,
+    log: sled::Tree,
+    state: sled::Tree,
+    durability: durability::Syncer,
+    data_dir: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `settings.data_dir`.
+    pub fn open(settings: &StoreSettings) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(&settings.data_dir)?;
+        let db = sled::Config::new()
+            .path(&settings.data_dir)
+            .cache_capacity(settings.cache_bytes)
+            // Group commit flushes explicitly; the background flusher only bounds what `os` mode can lose.
+            .flush_every_ms(Some(500))
+            .mode(sled::Mode::HighThroughput)
+            .open()?;
+        let config = db.open_tree("config")?;
+        let log = db.open_tree("log")?;
+        let state = db.open_tree("state")?;
+        let durability = durability::Syncer::new(&settings.data_dir, settings.durability)?;
+        let store = Store {
+            inner: Arc::new(Inner {
+                db,
+                config,
+                log,
+                state,
+                durability,
+                data_dir: settings.data_dir.clone(),
+            }),
+        };
+        store.sync()?;
+        Ok(store)
+    }
+
+    /// Makes everything written so far durable as configured: sled's flush, then (in `fsync` mode) a
+    /// real `fdatasync` of its data file and any new blob files.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        self.inner.db.flush()?;
+        self.inner.durability.sync()
+    }
+
+    /// The largest id any stored record uses, to seed the id clock after a restart.
+    pub fn max_id_in_use(&self) -> Result<u64, StoreError> {
+        let mut max = 0u64;
+        for (prefix, tree) in [(keys::LOG, &self.inner.log), (keys::ATTEMPT, &self.inner.state)] {
+            // Keys are prefix ++ tenant ++ id: the last key of each tenant's range holds its largest id.
+            for tenant in self.tenant_serials()? {
+                let start = keys::tenant_prefix(prefix, tenant);
+                if let Some(item) = tree.scan_prefix(start).next_back() {
+                    let (k, _) = item?;
+                    max = max.max(keys::trailing_u64(&k));
+                }
+            }
+        }
+        for item in self.inner.config.scan_prefix([keys::ENDPOINT]) {
+            let (k, _) = item?;
+            max = max.max(keys::trailing_u64(&k));
+        }
+        Ok(max)
+    }
+
+    /// Bytes the database uses on disk.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.inner.db.size_on_disk()?)
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.data_dir
+    }
+
+    /// A unique, monotonically increasing number (persisted by sled), for tenant serials.
+    pub(crate) fn generate_serial(&self) -> Result<u64, StoreError> {
+        Ok(self.inner.db.generate_id()? + 1)
+    }
+}

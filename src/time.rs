@@ -1,0 +1,63 @@
+//! Wall-clock time as stored (unix milliseconds) and as shown (RFC 3339 UTC with milliseconds).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Unix time in microseconds.
+pub fn now_micros() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+/// `2026-11-22T18:13:22.536Z`.
+pub fn format_ms(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+/// Parses an RFC 3339 time (`Z` or a numeric offset) into unix milliseconds.
+pub fn parse_rfc3339(s: &str) -> Option<u64> {
+    let t = humantime::parse_rfc3339_weak(s).ok().or_else(|| parse_with_offset(s))?;
+    t.duration_since(UNIX_EPOCH).ok().map(|d| d.as_millis() as u64)
+}
+
+/// humantime only reads UTC; accept `…+02:00` too by shifting to UTC.
+fn parse_with_offset(s: &str) -> Option<SystemTime> {
+    if s.len() < 6 {
+        return None;
+    }
+    let (head, off) = s.split_at(s.len() - 6);
+    let sign = match off.as_bytes()[0] {
+        b'+' => 1i64,
+        b'-' => -1i64,
+        _ => return None,
+    };
+    let hours: i64 = off.get(1..3)?.parse().ok()?;
+    let minutes: i64 = off.get(4..6)?.parse().ok()?;
+    if off.as_bytes().get(3) != Some(&b':') || hours > 23 || minutes > 59 {
+        return None;
+    }
+    let local = humantime::parse_rfc3339_weak(head).ok()?;
+    let shift = Duration::from_secs(((hours * 60 + minutes) * 60) as u64);
+    if sign > 0 { local.checked_sub(shift) } else { local.checked_add(shift) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_with_milliseconds_and_z() {
+        assert_eq!(format_ms(1_795_371_202_536), "2026-11-22T18:13:22.536Z");
+    }
+
+    #[test]
+    fn parses_utc_and_offsets() {
+        assert_eq!(parse_rfc3339("2026-11-22T18:13:22.536Z"), Some(1_795_371_202_536));
+        assert_eq!(parse_rfc3339("2026-11-22T20:13:22.536+02:00"), Some(1_795_371_202_536));
+        assert_eq!(parse_rfc3339("yesterday"), None);
+        assert_eq!(parse_rfc3339("2026-11-22T18:13:22+25:00"), None);
+    }
+}

@@ -1,0 +1,9 @@
+//! hookd's integration tests: one test binary that runs the real daemon (see [`harness`]) against real
+//! HTTP receivers (see [`receiver`]).
+//!
+//! One module per capability (ingest, delivery, retries, batching, auth, …); `smoke` checks the harness
+//! itself and the daemon's process contract.
+
+mod harness;
+mod receiver;
+mod smoke;
