@@ -19,8 +19,8 @@ pub fn encode_u64(v: u64) -> String {
     let mut out = [0u8; ENCODED_LEN];
     for (i, slot) in out.iter_mut().enumerate() {
         let shift = 5 * (ENCODED_LEN - 1 - i);
-        // 13 * 5 = 65 bits: the first character carries only the top bit.
-        let digit = if shift >= 64 { 0 } else { (v >> shift) & 0x1f };
+        // 13 * 5 = 65 bits: the first character carries only the top 4 bits.
+        let digit = (v >> shift) & 0x1f;
         *slot = ALPHABET[digit as usize];
     }
     out.iter().map(|&b| b as char).collect()
@@ -35,7 +35,7 @@ pub fn decode_u64(s: &str) -> Option<u64> {
     let mut v: u64 = 0;
     for (i, c) in s.bytes().enumerate() {
         let digit = ALPHABET.iter().position(|&a| a == c.to_ascii_lowercase())? as u64;
-        if i == 0 && digit > 1 {
+        if i == 0 && digit > 0xf {
             return None;
         }
         v = (v << 5) | digit;
@@ -154,9 +154,15 @@ mod tests {
 
     #[test]
     fn garbage_is_not_an_id() {
-        for bad in
-            ["", "evt_", "evt_zzzzzzzzzzzzz", "evt_0000000000000a", "evt_00000000000o0", "evt_!!!!!!!!!!!!!"]
-        {
+        for bad in [
+            "",
+            "evt_",
+            "evt_zzzzzzzzzzzzz",
+            "evt_0000000000000a",
+            "evt_00000000000o0",
+            "evt_g000000000000",
+            "evt_!!!!!!!!!!!!!",
+        ] {
             assert_eq!(EventId::parse(bad), None, "{bad}");
         }
     }

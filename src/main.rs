@@ -42,7 +42,9 @@ enum Command {
 }
 
 fn load(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
-    Config::load(path, std::env::vars()).map_err(|e| {
+    // vars_os: a variable that is not UTF-8 (not ours, then) must not panic the daemon.
+    let env = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+    Config::load(path, env).map_err(|e| {
         eprintln!("hookd: invalid configuration: {e}");
         ExitCode::from(EXIT_CONFIG)
     })

@@ -19,7 +19,9 @@ pub fn format_ms(ms: u64) -> String {
 
 /// Parses an RFC 3339 time (`Z` or a numeric offset) into unix milliseconds.
 pub fn parse_rfc3339(s: &str) -> Option<u64> {
-    let t = humantime::parse_rfc3339_weak(s).ok().or_else(|| parse_with_offset(s))?;
+    // Offsets first: humantime's weak parser would silently ignore a trailing `+02:00`.
+    let has_offset = s.len() > 6 && matches!(s.as_bytes()[s.len() - 6], b'+' | b'-');
+    let t = if has_offset { parse_with_offset(s)? } else { humantime::parse_rfc3339_weak(s).ok()? };
     t.duration_since(UNIX_EPOCH).ok().map(|d| d.as_millis() as u64)
 }
 
@@ -59,5 +61,6 @@ mod tests {
         assert_eq!(parse_rfc3339("2026-11-22T20:13:22.536+02:00"), Some(1_795_371_202_536));
         assert_eq!(parse_rfc3339("yesterday"), None);
         assert_eq!(parse_rfc3339("2026-11-22T18:13:22+25:00"), None);
+        assert_eq!(parse_rfc3339("2026-11-22T18:13:22.536-01:30"), Some(1_795_371_202_536 + 5_400_000));
     }
 }

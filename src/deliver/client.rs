@@ -6,8 +6,8 @@
 //!   filtered by the connector's resolver, after resolution and at connect time; IP literals, which the
 //!   connector does not resolve, are checked in [`HttpClient::send`].
 //! - Every request ends within its `timeout`: connect + TLS + request + response head + body, all of it.
-//! - At most `max_response_body_bytes` of a response body are read; a connection whose body was cut short
-//!   is closed, not pooled.
+//! - At most `max_response_body_bytes` of a response body are read; an HTTP/1.1 connection whose body was
+//!   cut short is closed, not pooled (over HTTP/2 only that stream is reset).
 //! - Errors keep their cause (`#[source]`); [`SendError`] is what the retry policy branches on.
 //!
 //! Two pools are built once and shared by every clone: one that verifies certificates against the webpki
@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONTENT_LENGTH, USER_AGENT};
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING, USER_AGENT};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
@@ -233,6 +233,7 @@ impl HttpClient {
             headers.insert(USER_AGENT, self.shared.user_agent.clone());
         }
         // Always from the body, never the caller's: a wrong length would corrupt the connection.
+        headers.remove(TRANSFER_ENCODING);
         let expects_body = matches!(method, Method::POST | Method::PUT | Method::PATCH);
         if body.is_empty() && !expects_body {
             headers.remove(CONTENT_LENGTH);
@@ -287,7 +288,7 @@ async fn exchange(
 }
 
 /// Reads the body frame by frame up to `cap` bytes. Past the cap the body is dropped unread, which makes
-/// hyper close the connection instead of returning it to the pool.
+/// hyper close an HTTP/1.1 connection instead of returning it to the pool (and reset an HTTP/2 stream).
 async fn read_capped(mut body: Incoming, cap: usize) -> Result<(Bytes, bool), SendError> {
     let mut buf = BytesMut::new();
     while let Some(frame) = body.frame().await {

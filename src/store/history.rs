@@ -108,7 +108,7 @@ impl Store {
         filter: &AttemptFilter,
         before: Option<u64>,
         limit: usize,
-    ) -> Result<(Vec<(u64, AttemptRecord)>, Option<u64>), StoreError> {
+    ) -> Result<super::PageOf<AttemptRecord>, StoreError> {
         let before = before.unwrap_or(u64::MAX);
         let mut out = Vec::with_capacity(limit.min(256));
         let mut scanned = 0usize;

@@ -69,7 +69,7 @@ impl Store {
         filter: &EventFilter,
         before: Option<u64>,
         limit: usize,
-    ) -> Result<(Vec<(u64, EventRecord)>, Option<u64>), StoreError> {
+    ) -> Result<super::PageOf<EventRecord>, StoreError> {
         // An event received at or after `since` has an id of at least since's clock value (ids never
         // run behind the clock), so the scan can stop there.
         let floor = filter.since_ms.map_or(0, |s| s.saturating_mul(1000) << 12);

@@ -74,6 +74,9 @@ pub enum StoreError {
     CommitterGone,
 }
 
+/// A page of a list, newest first: `(id, record)` pairs and the cursor of the next page.
+pub type PageOf<T> = (Vec<(u64, T)>, Option<u64>);
+
 /// Settings the store is opened with.
 #[derive(Debug, Clone)]
 pub struct StoreSettings {

@@ -305,7 +305,8 @@ impl Daemon {
         format!("http://{}{path}", self.process.addr)
     }
 
-    /// The data dir from the config (the same across restarts).
+    /// The data dir the base config sets (the same across restarts; a test that overrides
+    /// `storage.data_dir` knows its own).
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
