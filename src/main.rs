@@ -77,7 +77,11 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(hookd::app::run(config, hookd::shutdown::signal())) {
+            let served = runtime.block_on(async {
+                let signal = hookd::shutdown::install()?;
+                hookd::app::run(config, signal).await
+            });
+            match served {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = format!("{e:#}"), "hookd stopped on an error");

@@ -7,3 +7,7 @@
 mod harness;
 mod receiver;
 mod smoke;
+mod admin;
+mod delivery;
+mod durability;
+mod ingest;
