@@ -1,1 +1,182 @@
-fn main(){}
+//! Micro-benchmarks of the hot path's pure pieces and of the durable append.
+//!
+//! `cargo bench --bench micro` (add `-- --quick` for a fast pass). Numbers go into the closing notes with
+//! the machine's conditions; nothing here asserts a time.
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use hookd::config::Durability;
+use hookd::deliver::request;
+use hookd::deliver::sign::{Secret, sign};
+use hookd::ids::IdGen;
+use hookd::model::{EndpointRecord, EventRecord, HttpMethod, LogRecord, PayloadFormat, RetryPolicy};
+use hookd::registry::Registry;
+use hookd::store::{Committer, PreparedEvent, Store, StoreSettings, records};
+
+fn payload_500() -> String {
+    let mut p = String::from(r#"{"ticket":{"id":"T-1","customer":"client_42","lines":["#);
+    while p.len() < 480 {
+        p.push_str(r#"{"sku":"A-1","qty":1},"#);
+    }
+    p.push_str(r#"{"sku":"Z","qty":0}]}}"#);
+    p
+}
+
+fn event() -> EventRecord {
+    EventRecord {
+        event_type: "ticket.created".into(),
+        channels: vec!["client_42".into()],
+        payload: payload_500(),
+        received_at: 1_795_371_202_536,
+        idempotency_key: None,
+        routes: vec![1, 2, 3],
+    }
+}
+
+fn endpoint(id: u64, types: Vec<String>, channels: Vec<String>) -> EndpointRecord {
+    EndpointRecord {
+        id,
+        tenant_serial: 1,
+        name: String::new(),
+        description: String::new(),
+        url: "https://example.com/hook".into(),
+        method: HttpMethod::Post,
+        format: PayloadFormat::Json,
+        event_types: types,
+        channels,
+        filter: None,
+        payload_template: None,
+        headers: BTreeMap::new(),
+        secret: Secret::generate().to_whsec(),
+        retired_secrets: Vec::new(),
+        rate_limit: None,
+        max_in_flight: 8,
+        batch: None,
+        retry: RetryPolicy::default(),
+        ordered: false,
+        verify_tls: true,
+        timeout_ms: 15_000,
+        enabled: true,
+        disabled_reason: None,
+        created_at: 0,
+        updated_at: 0,
+    }
+}
+
+fn signing(c: &mut Criterion) {
+    let secret = Secret::generate();
+    let body = payload_500();
+    let mut g = c.benchmark_group("sign");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("hmac_sha256_500B", |b| {
+        b.iter(|| sign(black_box(&secret), "evt_6c3j9sk5jzr00", 1_795_384_859, black_box(body.as_bytes())))
+    });
+    g.finish();
+}
+
+fn encoding(c: &mut Criterion) {
+    let rec = LogRecord { events: vec![event()] };
+    let bytes = records::encode(&rec).unwrap_or_default();
+    let batch = LogRecord { events: (0..100).map(|_| event()).collect() };
+    let mut g = c.benchmark_group("record");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("encode_event_500B", |b| b.iter(|| records::encode(black_box(&rec))));
+    g.bench_function("decode_event_500B", |b| {
+        b.iter(|| records::decode::<LogRecord>(b"k", black_box(&bytes)))
+    });
+    g.throughput(Throughput::Elements(100));
+    g.bench_function("encode_100_events", |b| b.iter(|| records::encode(black_box(&batch))));
+    g.finish();
+    let mut g = c.benchmark_group("request");
+    g.throughput(Throughput::Elements(1));
+    let ev = event();
+    g.bench_function("body_single_event", |b| b.iter(|| request::body(black_box(&[(7, &ev)]), false)));
+    g.finish();
+}
+
+fn routing(c: &mut Criterion) {
+    let mut g = c.benchmark_group("route");
+    g.throughput(Throughput::Elements(1));
+    for n in [1u64, 100, 10_000] {
+        let mut reg = Registry::default();
+        for i in 0..n {
+            // A realistic mix: a tenth subscribe to every type, the rest to one of 50 types and a channel.
+            let (types, channels) = if i % 10 == 0 {
+                (vec![], vec![])
+            } else {
+                (vec![format!("type_{}.created", i % 50)], vec![format!("client_{}", i % 1000)])
+            };
+            reg.put_endpoint(endpoint(i + 1, types, channels));
+        }
+        let channels = vec!["client_7".to_owned()];
+        g.bench_with_input(BenchmarkId::new("endpoints", n), &reg, |b, reg| {
+            b.iter(|| reg.route(1, black_box("type_7.created"), black_box(&channels)))
+        });
+    }
+    g.finish();
+}
+
+fn group_commit(c: &mut Criterion) {
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => panic!("runtime: {e}"),
+    };
+    let mut g = c.benchmark_group("append");
+    for (name, durability) in [("os", Durability::Os), ("fsync", Durability::Fsync)] {
+        let Ok(dir) = tempfile::tempdir() else { panic!("tempdir") };
+        let store = match Store::open(&StoreSettings {
+            data_dir: dir.path().to_path_buf(),
+            durability,
+            cache_bytes: 64 << 20,
+        }) {
+            Ok(s) => s,
+            Err(e) => panic!("store: {e}"),
+        };
+        let (committer, _thread) = match Committer::spawn(store, Arc::new(IdGen::new(0)), Box::new(|_| {})) {
+            Ok(c) => c,
+            Err(e) => panic!("committer: {e}"),
+        };
+        let prepared = PreparedEvent {
+            event_type: "ticket.created".into(),
+            channels: vec!["client_42".into()],
+            payload: payload_500(),
+            idempotency_key: None,
+            routes: vec![1],
+        };
+        // 64 concurrent single-event appends share group commits, as 64 connections would.
+        g.throughput(Throughput::Elements(64));
+        g.bench_function(BenchmarkId::new("64_concurrent_single", name), |b| {
+            b.to_async(&rt).iter(|| {
+                let committer = committer.clone();
+                let prepared = prepared.clone();
+                async move {
+                    let mut set = tokio::task::JoinSet::new();
+                    for _ in 0..64 {
+                        let (c, p) = (committer.clone(), prepared.clone());
+                        set.spawn(async move { c.commit(1, vec![p]).await });
+                    }
+                    while set.join_next().await.is_some() {}
+                }
+            })
+        });
+        g.throughput(Throughput::Elements(100));
+        g.bench_function(BenchmarkId::new("batch_of_100", name), |b| {
+            b.to_async(&rt).iter(|| {
+                let committer = committer.clone();
+                let batch = vec![prepared.clone(); 100];
+                async move { committer.commit(1, batch).await }
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20).measurement_time(std::time::Duration::from_secs(3));
+    targets = signing, encoding, routing, group_commit
+}
+criterion_main!(benches);

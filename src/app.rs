@@ -102,6 +102,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         "hookd started"
     );
     let disk_watch = tokio::spawn(watch_disk(state.clone(), stop_http.clone()));
+    let state_flusher = tokio::spawn(flush_state(store.clone(), stop_dispatch.clone()));
 
     let http_stop = stop_http.clone();
     let http = tokio::spawn(
@@ -133,6 +134,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     if tokio::time::timeout(grace, supervisor_task).await.is_err() {
         tracing::warn!("attempts still in flight after the grace period; they will be retried after restart");
     }
+    let _ = state_flusher.await;
     store.sync()?;
     tracing::info!("hookd stopped");
     Ok(())
@@ -209,6 +211,30 @@ async fn watch_disk(state: AppState, stop: CancellationToken) {
             } else {
                 tracing::info!(size, cap, "the log is below storage.max_log_bytes again: ingest resumes");
             }
+        }
+    }
+}
+
+/// How soon delivery state (attempts, retry queue, cursors) is durable after it is written.
+const STATE_FLUSH_EVERY: Duration = Duration::from_millis(100);
+
+/// Makes delivery state durable within [`STATE_FLUSH_EVERY`] of being written: at most one sync per
+/// period, none when nothing was written. Without it, a crash would forget recent attempts and retry
+/// schedules (deliveries would then be redone from the log: nothing lost, but history and retry counts
+/// would be).
+async fn flush_state(store: Store, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(STATE_FLUSH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.sync_if_dirty()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot sync delivery state"),
+            Err(e) => tracing::error!(error = %e, "state flusher task failed"),
         }
     }
 }

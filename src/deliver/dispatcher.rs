@@ -176,8 +176,14 @@ impl Dispatcher {
         if let Some(ev) = self.backlog.pop_front() {
             return Some(ev);
         }
-        if let Some(ev) = self.feed.pop() {
-            self.read_pos = self.read_pos.max(ev.id);
+        while let Some(ev) = self.feed.pop() {
+            // A log read can reach a record the router has not pushed yet; when the router then pushes
+            // it, those events were already read. Ids only grow, so anything at or below what was read
+            // is such a repeat.
+            if ev.id <= self.read_pos {
+                continue;
+            }
+            self.read_pos = ev.id;
             return Some(ev);
         }
         let from = self.feed.lag_from()?;

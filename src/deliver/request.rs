@@ -9,7 +9,7 @@ use http::header::{CONTENT_TYPE, HeaderName, HeaderValue, USER_AGENT};
 
 use super::sign;
 use crate::ids::EventId;
-use crate::model::EventRecord;
+use crate::model::{EventRecord, PayloadFormat};
 use crate::registry::EndpointEntry;
 
 pub const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
@@ -105,10 +105,33 @@ pub fn build(
     user_agent: &HeaderValue,
     now_ms: u64,
 ) -> Built {
-    let body = Bytes::from(body(events, entry.record.batch.is_some()));
+    let json = body(events, entry.record.batch.is_some());
+    let (body, content_type) = match entry.record.format {
+        PayloadFormat::Json => (Bytes::from(json), "application/json"),
+        PayloadFormat::Form => (Bytes::from(form_body(&json)), "application/x-www-form-urlencoded"),
+    };
     let timestamp = (now_ms / 1000) as i64;
-    let headers = headers(entry, webhook_id, timestamp, &body, user_agent, now_ms);
+    let mut headers = headers(entry, webhook_id, timestamp, &body, user_agent, now_ms);
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     Built { body, headers }
+}
+
+/// `payload=<json>`, form-urlencoded: every byte but RFC 3986's unreserved characters is percent-encoded
+/// (so spaces are `%20`, which every form decoder reads).
+pub fn form_body(json: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = String::with_capacity(8 + json.len() * 3 / 2);
+    out.push_str("payload=");
+    for &b in json.as_bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push('%');
+            out.push(HEX[usize::from(b >> 4)] as char);
+            out.push(HEX[usize::from(b & 0xf)] as char);
+        }
+    }
+    out
 }
 
 /// Headers as recorded in the history: the signature is kept (it is not a secret and helps support
@@ -144,6 +167,11 @@ mod tests {
         assert_eq!(v["timestamp"], "2026-11-22T18:13:22.536Z");
         assert_eq!(v["channels"][0], "client_\"42");
         assert_eq!(v["data"]["s"], "é");
+    }
+
+    #[test]
+    fn a_form_body_percent_encodes_the_json() {
+        assert_eq!(form_body(r#"{"a":"x y/é"}"#), "payload=%7B%22a%22%3A%22x%20y%2F%C3%A9%22%7D");
     }
 
     #[test]

@@ -53,7 +53,9 @@ impl Store {
         if let Some(c) = w.cursor {
             batch.insert(&keys::one(keys::CURSOR, w.endpoint), &c.to_be_bytes());
         }
-        Ok(self.inner.state.apply_batch(batch)?)
+        self.inner.state.apply_batch(batch)?;
+        self.mark_state_dirty();
+        Ok(())
     }
 
     /// The endpoint's persisted cursor: every event up to it was handed off.
@@ -63,6 +65,7 @@ impl Store {
 
     pub fn put_cursor(&self, endpoint: u64, cursor: u64) -> Result<(), StoreError> {
         self.inner.state.insert(keys::one(keys::CURSOR, endpoint), &cursor.to_be_bytes())?;
+        self.mark_state_dirty();
         Ok(())
     }
 
@@ -88,6 +91,7 @@ impl Store {
     /// Removes one retry-queue entry (a stale one, whose delivery was finished another way).
     pub fn drop_due(&self, endpoint: u64, due: u64, webhook_id: u64) -> Result<(), StoreError> {
         self.inner.state.remove(keys::three(keys::QUEUE, endpoint, due, webhook_id))?;
+        self.mark_state_dirty();
         Ok(())
     }
 

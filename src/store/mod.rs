@@ -98,6 +98,9 @@ struct Inner {
     state: sled::Tree,
     durability: durability::Syncer,
     data_dir: PathBuf,
+    /// Set by delivery-state writes, cleared by [`Store::sync_if_dirty`]: attempt outcomes are made
+    /// durable within one flusher period without a sync per attempt.
+    state_dirty: std::sync::atomic::AtomicBool,
 }
 
 impl Store {
@@ -123,6 +126,7 @@ impl Store {
                 state,
                 durability,
                 data_dir: settings.data_dir.clone(),
+                state_dirty: Default::default(),
             }),
         };
         store.sync()?;
@@ -134,6 +138,19 @@ impl Store {
     pub fn sync(&self) -> Result<(), StoreError> {
         self.inner.db.flush()?;
         self.inner.durability.sync()
+    }
+
+    /// Syncs when delivery state was written since the last call. Returns whether it synced.
+    pub fn sync_if_dirty(&self) -> Result<bool, StoreError> {
+        if !self.inner.state_dirty.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            return Ok(false);
+        }
+        self.sync()?;
+        Ok(true)
+    }
+
+    fn mark_state_dirty(&self) {
+        self.inner.state_dirty.store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// The largest id any stored record uses, to seed the id clock after a restart.

@@ -1,0 +1,408 @@
+//! End-to-end load benchmark: the real daemon (release build), a fast loopback receiver, and a load
+//! generator, all on 127.0.0.1. Prints ingest and delivery rates, latency percentiles and the daemon's peak
+//! RSS, next to a bare-HTTP baseline measured in the same run (read results as ratios: the machine is
+//! shared and noisy).
+//!
+//! `cargo bench --bench load` (full) or `cargo bench --bench load -- --quick` (a few seconds; CI smoke).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Mutex;
+
+const TOKEN: &str = "bench-token";
+
+type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+struct Opts {
+    quick: bool,
+    secs: u64,
+    connections: usize,
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+/// A receiver that answers 200 at once, counting requests and recording ingest→receipt latency from the
+/// `"t":<µs>` the payload carries.
+struct Sink {
+    addr: SocketAddr,
+    received: Arc<AtomicU64>,
+    latencies: Arc<Mutex<Vec<u64>>>,
+    first_last: Arc<Mutex<(Option<Instant>, Option<Instant>)>>,
+}
+
+async fn start_sink() -> Res<Sink> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let received = Arc::new(AtomicU64::new(0));
+    let latencies = Arc::new(Mutex::new(Vec::with_capacity(1 << 20)));
+    let first_last = Arc::new(Mutex::new((None, None)));
+    let (r, l, fl) = (received.clone(), latencies.clone(), first_last.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let (r, l, fl) = (r.clone(), l.clone(), fl.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let (r, l, fl) = (r.clone(), l.clone(), fl.clone());
+                    async move {
+                        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                        let now = now_micros();
+                        let n = count_events(&body);
+                        r.fetch_add(n, Ordering::Relaxed);
+                        if let Some(t) = find_t(&body) {
+                            l.lock().await.push(now.saturating_sub(t));
+                        }
+                        let mut g = fl.lock().await;
+                        let at = Instant::now();
+                        g.0.get_or_insert(at);
+                        g.1 = Some(at);
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                    }
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+            });
+        }
+    });
+    Ok(Sink { addr, received, latencies, first_last })
+}
+
+fn count_events(body: &[u8]) -> u64 {
+    // A batch body holds one `"id":"evt_` per event; a single event holds one.
+    let needle = b"\"id\":\"evt_";
+    (body.windows(needle.len()).filter(|w| w == needle).count() as u64).max(1)
+}
+
+fn find_t(body: &[u8]) -> Option<u64> {
+    let needle = b"\"t\":";
+    let i = body.windows(needle.len()).position(|w| w == needle)? + needle.len();
+    let digits: Vec<u8> = body[i..].iter().take_while(|b| b.is_ascii_digit()).copied().collect();
+    std::str::from_utf8(&digits).ok()?.parse().ok()
+}
+
+/// A bare hyper server answering 202 to everything: the loopback baseline.
+async fn start_bare() -> Res<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                    let _ = req.into_body().collect().await;
+                    let mut resp = Response::new(Full::new(Bytes::from_static(br#"{"id":"evt_0"}"#)));
+                    *resp.status_mut() = StatusCode::ACCEPTED;
+                    Ok::<_, Infallible>(resp)
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+struct Daemon {
+    child: tokio::process::Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_daemon(durability: &str) -> Res<Daemon> {
+    let dir = tempfile::tempdir()?;
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\ndata_dir = {:?}\ndurability = \"{durability}\"\n\
+         [auth]\nadmin_token = \"{TOKEN}\"\n[delivery]\nallow_http = true\nallow_private_destinations = true\n\
+         max_in_flight = 64\n",
+        dir.path().join("data")
+    );
+    let path = dir.path().join("hookd.toml");
+    std::fs::write(&path, config)?;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookd"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("HOOKD_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(rest) = line.strip_prefix("hookd listening on http://") {
+                return rest.parse::<SocketAddr>().ok();
+            }
+        }
+        None
+    })
+    .await?
+    .ok_or("the daemon did not announce its address")?;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok(Daemon { child, addr, _dir: dir })
+}
+
+fn peak_rss_mib(pid: Option<u32>) -> f64 {
+    let Some(pid) = pid else { return 0.0 };
+    let Ok(status) = std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("status")) else {
+        return 0.0;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// One HTTP/1.1 keep-alive connection sending requests back to back.
+async fn connection(addr: SocketAddr) -> Res<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    Ok(send)
+}
+
+async fn admin(addr: SocketAddr, method: &str, path: &str, body: String) -> Res<(u16, String)> {
+    let mut send = connection(addr).await?;
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string())
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))?;
+    let resp = send.send_request(req).await?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+struct LoadResult {
+    requests: u64,
+    errors: u64,
+    elapsed: Duration,
+    latencies_us: Vec<u64>,
+}
+
+/// Drives `connections` connections for `secs`, each sending `body()` to `path` back to back.
+async fn drive(
+    addr: SocketAddr,
+    path: &str,
+    connections: usize,
+    secs: u64,
+    body: Arc<dyn Fn() -> Bytes + Send + Sync>,
+) -> Res<LoadResult> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::with_capacity(connections);
+    let started = Instant::now();
+    for _ in 0..connections {
+        let (stop, body, path) = (stop.clone(), body.clone(), path.to_owned());
+        let mut send = connection(addr).await?;
+        tasks.push(tokio::spawn(async move {
+            let (mut ok, mut err, mut lat) = (0u64, 0u64, Vec::with_capacity(1 << 16));
+            while !stop.load(Ordering::Relaxed) {
+                let req = match Request::builder()
+                    .method("POST")
+                    .uri(&path)
+                    .header("host", addr.to_string())
+                    .header("authorization", format!("Bearer {TOKEN}"))
+                    .header("content-type", "application/json")
+                    .body(Full::new(body()))
+                {
+                    Ok(r) => r,
+                    Err(_) => break,
+                };
+                let t = Instant::now();
+                match send.send_request(req).await {
+                    Ok(resp) => {
+                        let good = resp.status().is_success();
+                        let _ = resp.into_body().collect().await;
+                        if good {
+                            ok += 1
+                        } else {
+                            err += 1
+                        }
+                        lat.push(t.elapsed().as_micros() as u64);
+                    }
+                    Err(_) => {
+                        err += 1;
+                        break;
+                    }
+                }
+            }
+            (ok, err, lat)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut result =
+        LoadResult { requests: 0, errors: 0, elapsed: started.elapsed(), latencies_us: Vec::new() };
+    for t in tasks {
+        let (ok, err, lat) = t.await?;
+        result.requests += ok;
+        result.errors += err;
+        result.latencies_us.extend(lat);
+    }
+    result.elapsed = started.elapsed();
+    Ok(result)
+}
+
+fn pct(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)] as f64 / 1000.0
+}
+
+fn report(name: &str, r: &mut LoadResult, per_request: u64) -> f64 {
+    r.latencies_us.sort_unstable();
+    let rate = r.requests as f64 * per_request as f64 / r.elapsed.as_secs_f64();
+    println!(
+        "{name:<44} {rate:>10.0} /s   p50 {:>7.2} ms   p99 {:>7.2} ms   ({} requests, {} errors)",
+        pct(&r.latencies_us, 0.5),
+        pct(&r.latencies_us, 0.99),
+        r.requests,
+        r.errors
+    );
+    rate
+}
+
+fn single_body() -> Bytes {
+    let pad = "x".repeat(400);
+    Bytes::from(format!(
+        r#"{{"type":"ticket.created","channels":["client_42"],"payload":{{"t":{},"pad":"{pad}"}}}}"#,
+        now_micros()
+    ))
+}
+
+fn batch_body() -> Bytes {
+    let pad = "x".repeat(430);
+    let t = now_micros();
+    let events: Vec<String> = (0..100)
+        .map(|_| {
+            format!(
+                r#"{{"type":"ticket.created","channels":["client_42"],"payload":{{"t":{t},"pad":"{pad}"}}}}"#
+            )
+        })
+        .collect();
+    Bytes::from(format!(r#"{{"events":[{}]}}"#, events.join(",")))
+}
+
+/// Waits until the sink has `target` events or nothing arrives for 5 s; returns the receipt rate.
+async fn drain(sink: &Sink, target: u64, limit: Duration) -> (u64, f64) {
+    let start = Instant::now();
+    let mut last = (sink.received.load(Ordering::Relaxed), Instant::now());
+    loop {
+        let n = sink.received.load(Ordering::Relaxed);
+        if n >= target || start.elapsed() > limit {
+            break;
+        }
+        if n != last.0 {
+            last = (n, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let fl = *sink.first_last.lock().await;
+    let n = sink.received.load(Ordering::Relaxed);
+    let rate = match fl {
+        (Some(a), Some(b)) if b > a => n as f64 / (b - a).as_secs_f64(),
+        _ => 0.0,
+    };
+    (n, rate)
+}
+
+async fn setup_tenant(addr: SocketAddr, sink: &Sink, endpoints: usize) -> Res<()> {
+    let (s, b) = admin(addr, "POST", "/v1/tenants", r#"{"id":"bench"}"#.into()).await?;
+    if s != 201 {
+        return Err(format!("create tenant: {s} {b}").into());
+    }
+    for i in 0..endpoints {
+        let body = format!(
+            r#"{{"url":"http://{}/hook/{i}","event_types":["ticket.created"],"max_in_flight":64}}"#,
+            sink.addr
+        );
+        let (s, b) = admin(addr, "POST", "/v1/tenants/bench/endpoints", body).await?;
+        if s != 201 {
+            return Err(format!("create endpoint: {s} {b}").into());
+        }
+    }
+    Ok(())
+}
+
+async fn run(opts: Opts) -> Res<()> {
+    println!(
+        "hookd load benchmark ({} mode): {} connections, {} s per phase, 500 B payloads, loopback only",
+        if opts.quick { "quick" } else { "full" },
+        opts.connections,
+        opts.secs
+    );
+    let bare = start_bare().await?;
+    let mut r =
+        drive(bare, "/v1/tenants/bench/events", opts.connections, opts.secs, Arc::new(single_body)).await?;
+    let baseline = report("baseline: bare hyper server, same load", &mut r, 1);
+
+    // Durable single-event ingest with one matching endpoint; deliveries measured at the sink.
+    let sink = start_sink().await?;
+    let mut daemon = start_daemon("fsync").await?;
+    setup_tenant(daemon.addr, &sink, 1).await?;
+    let mut r =
+        drive(daemon.addr, "/v1/tenants/bench/events", opts.connections, opts.secs, Arc::new(single_body))
+            .await?;
+    let ingest = report("ingest: single events, fsync, 1 endpoint", &mut r, 1);
+    println!("{:<44} {:>9.0} %", "  ratio to the bare server", 100.0 * ingest / baseline.max(1.0));
+    let (delivered, rate) =
+        drain(&sink, r.requests, Duration::from_secs(if opts.quick { 20 } else { 120 })).await;
+    println!("{:<44} {rate:>10.0} /s   ({delivered} of {} delivered)", "delivery: single events", r.requests);
+    let mut lat = sink.latencies.lock().await.clone();
+    lat.sort_unstable();
+    println!(
+        "{:<44} p50 {:>7.2} ms   p99 {:>7.2} ms   (includes backlog under saturating load)",
+        "  ingest→receipt latency",
+        pct(&lat, 0.5),
+        pct(&lat, 0.99)
+    );
+
+    // Batch ingest (100 × 500 B per request).
+    let conns = opts.connections.min(8);
+    let mut r =
+        drive(daemon.addr, "/v1/tenants/bench/events/batch", conns, opts.secs, Arc::new(batch_body)).await?;
+    report(&format!("ingest: batches of 100, fsync, {conns} conns (events)"), &mut r, 100);
+    println!("{:<44} {:>9.1} MiB", "daemon peak RSS", peak_rss_mib(daemon.child.id()));
+    let _ = daemon.child.kill().await;
+    Ok(())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let opts = Opts { quick, secs: if quick { 2 } else { 10 }, connections: 64 };
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(run(opts)) {
+        eprintln!("load benchmark failed: {e}");
+        std::process::exit(1);
+    }
+}
