@@ -1,14 +1,16 @@
 //! `/v1/tenants/{tenant}/attempts`: the delivery history, one entry per HTTP request made.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use serde::Deserialize;
 
 use super::AppState;
-use super::extract::{Page, Tenant};
+use super::extract::{P, Page, Q, Tenant};
 use super::problem::Problem;
 use super::views::{AttemptView, ListView};
+use crate::deliver::request;
 use crate::ids::{AttemptId, EndpointId, EventId};
+use crate::model::{AttemptRecord, EventRecord};
 use crate::store::AttemptFilter;
 
 #[derive(Debug, Deserialize)]
@@ -22,8 +24,8 @@ pub struct ListQuery {
 pub async fn list(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
-    Query(page): Query<Page>,
-    Query(q): Query<ListQuery>,
+    Q(page): Q<Page>,
+    Q(q): Q<ListQuery>,
 ) -> Result<Json<ListView<AttemptView>>, Problem> {
     let limit = page.limit()?;
     let before = page
@@ -79,9 +81,30 @@ pub async fn list(
 pub async fn get(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
-    Path((_, id)): Path<(String, String)>,
+    P((_, id)): P<(String, String)>,
 ) -> Result<Json<AttemptView>, Problem> {
     let id = AttemptId::parse(&id).ok_or_else(|| Problem::not_found("attempt"))?.0;
     let a = state.store.attempt(tenant.serial, id)?.ok_or_else(|| Problem::not_found("attempt"))?;
-    Ok(Json(AttemptView::new(id, &a, true)))
+    let mut view = AttemptView::new(id, &a, true);
+    view.request_body = request_body(&state, tenant.serial, &a)?;
+    Ok(Json(view))
+}
+
+/// The body as sent, rebuilt from the stored events rather than stored again with every attempt: the
+/// body is a pure function of the events and the format (recorded in the attempt's `content-type`).
+/// `None` once retention has purged the events.
+fn request_body(state: &AppState, tenant: u64, a: &AttemptRecord) -> Result<Option<String>, Problem> {
+    let mut events = Vec::with_capacity(a.events.len());
+    for id in &a.events {
+        match state.store.event(tenant, *id)? {
+            Some(ev) => events.push((*id, ev)),
+            None => return Ok(None),
+        }
+    }
+    let refs: Vec<(u64, &EventRecord)> = events.iter().map(|(id, e)| (*id, e)).collect();
+    let json = request::body(&refs, a.batch);
+    let form = a.request_headers.iter().any(|(k, v)| {
+        k.eq_ignore_ascii_case("content-type") && v.starts_with("application/x-www-form-urlencoded")
+    });
+    Ok(Some(if form { request::form_body(&json) } else { json }))
 }

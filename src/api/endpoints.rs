@@ -7,13 +7,13 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::extract::{JsonBody, Page, Tenant, parse_json};
+use super::extract::{JsonBody, P, Page, Q, Tenant, parse_json};
 use super::problem::{FieldError, Problem};
 use super::views::{EndpointView, ListView};
 use crate::config::DeliveryConfig;
@@ -346,8 +346,8 @@ pub struct ListQuery {
 pub async fn list(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
-    Query(page): Query<Page>,
-    Query(q): Query<ListQuery>,
+    Q(page): Q<Page>,
+    Q(q): Q<ListQuery>,
 ) -> Result<Json<ListView<EndpointView>>, Problem> {
     let limit = page.limit()?;
     let offset = match page.cursor.as_deref() {
@@ -404,7 +404,7 @@ fn find(state: &AppState, tenant: &TenantRecord, id: &str) -> Result<EndpointRec
 pub async fn get(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
-    Path((_, id)): Path<(String, String)>,
+    P((_, id)): P<(String, String)>,
 ) -> Result<Json<EndpointView>, Problem> {
     find(&state, &tenant, &id).map(|r| Json(EndpointView::from(&r)))
 }
@@ -413,7 +413,7 @@ pub async fn get(
 pub async fn secret(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
-    Path((_, id)): Path<(String, String)>,
+    P((_, id)): P<(String, String)>,
 ) -> Result<Json<Value>, Problem> {
     let rec = find(&state, &tenant, &id)?;
     Ok(Json(json!({ "key": rec.secret })))
@@ -423,7 +423,7 @@ pub async fn secret(
 pub async fn update(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
-    Path((_, id)): Path<(String, String)>,
+    P((_, id)): P<(String, String)>,
     JsonBody(patch): JsonBody<Value>,
 ) -> Result<Json<EndpointView>, Problem> {
     if !patch.is_object() {
@@ -471,7 +471,7 @@ fn merge_patch(target: &mut Value, patch: &Value) {
 pub async fn delete(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
-    Path((_, id)): Path<(String, String)>,
+    P((_, id)): P<(String, String)>,
 ) -> Result<StatusCode, Problem> {
     let id = endpoint_id(&id)?;
     state.registry.mutate(|reg, store| -> Result<(), Problem> {

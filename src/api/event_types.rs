@@ -3,13 +3,13 @@
 //! The catalog documents what producers send; ingest does not require a type to be listed here.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::AppState;
-use super::extract::{JsonBody, Page};
+use super::extract::{JsonBody, P, Page, Q};
 use super::problem::{FieldError, Problem};
 use super::views::{EventTypeView, ListView};
 use crate::ingest::valid_type_name;
@@ -43,7 +43,7 @@ fn check_name(name: &str) -> Result<(), Problem> {
 /// Creates or replaces a catalog entry: 201 when new, 200 when replaced.
 pub async fn put(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    P(name): P<String>,
     JsonBody(body): JsonBody<PutEventType>,
 ) -> Result<(StatusCode, Json<EventTypeView>), Problem> {
     check_name(&name)?;
@@ -85,7 +85,7 @@ pub async fn put(
 
 pub async fn list(
     State(state): State<AppState>,
-    Query(page): Query<Page>,
+    Q(page): Q<Page>,
 ) -> Result<Json<ListView<EventTypeView>>, Problem> {
     let limit = page.limit()?;
     let snapshot = state.registry.snapshot();
@@ -104,10 +104,7 @@ pub async fn list(
     Ok(Json(ListView { data, next_cursor }))
 }
 
-pub async fn get(
-    State(state): State<AppState>,
-    Path(name): Path<String>,
-) -> Result<Json<EventTypeView>, Problem> {
+pub async fn get(State(state): State<AppState>, P(name): P<String>) -> Result<Json<EventTypeView>, Problem> {
     let snapshot = state.registry.snapshot();
     snapshot
         .event_type(&name)
@@ -115,7 +112,7 @@ pub async fn get(
         .ok_or_else(|| Problem::not_found("event type"))
 }
 
-pub async fn delete(State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, Problem> {
+pub async fn delete(State(state): State<AppState>, P(name): P<String>) -> Result<StatusCode, Problem> {
     let deleted = state.registry.mutate(|reg, store| -> Result<bool, Problem> {
         if reg.event_type(&name).is_none() {
             return Ok(false);

@@ -3,14 +3,14 @@
 use std::sync::atomic::Ordering;
 
 use axum::Json;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::AppState;
-use super::extract::{Page, Tenant, read_body, time_param};
+use super::extract::{P, Page, Q, Tenant, read_body, time_param};
 use super::problem::Problem;
 use super::views::{DeliveryView, EventView, ListView};
 use crate::ids::{AttemptId, EventId};
@@ -109,8 +109,8 @@ pub struct ListQuery {
 pub async fn list(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
-    Query(page): Query<Page>,
-    Query(q): Query<ListQuery>,
+    Q(page): Q<Page>,
+    Q(q): Q<ListQuery>,
 ) -> Result<Json<ListView<EventView>>, Problem> {
     let limit = page.limit()?;
     let before = page
@@ -143,7 +143,7 @@ pub async fn list(
 pub async fn get(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
-    Path((_, id)): Path<(String, String)>,
+    P((_, id)): P<(String, String)>,
 ) -> Result<Json<EventView>, Problem> {
     let id = EventId::parse(&id).ok_or_else(|| Problem::not_found("event"))?.0;
     let ev = state.store.event(tenant.serial, id)?.ok_or_else(|| Problem::not_found("event"))?;

@@ -52,25 +52,49 @@ pub async fn read_body(req: Request, limit: u64) -> Result<Bytes, Problem> {
     }
 }
 
-/// Parses JSON into `T`, naming the offending field on error.
+/// Parses a JSON object into `T`, naming the offending field on error. The body must be one JSON
+/// object and nothing after it: serde would otherwise read an array as the struct's fields in order, and
+/// ignore a second value after the first (a second event would be silently lost).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => {}
+        // Valid JSON of the wrong shape is a 422; anything else a 400, like any syntax error.
+        Some(_) if serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok() => {
+            return Err(Problem::invalid_field("body", "must be a JSON object"));
+        }
+        Some(_) => return Err(Problem::bad_request("the body is not a JSON object")),
+        None => return Err(Problem::bad_request("the body is empty; a JSON object is expected")),
+    }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    let result: Result<T, _> = serde_path_to_error::deserialize(de);
-    match result {
-        Ok(v) => Ok(v),
-        Err(err) => {
-            let path = err.path().to_string();
-            let inner = err.into_inner();
-            use serde_json::error::Category;
-            match inner.classify() {
-                Category::Data => {
-                    let field = if path == "." { "body".to_owned() } else { path };
-                    Err(Problem::invalid(vec![FieldError::new(field, strip_position(&inner.to_string()))]))
-                }
-                Category::Syntax | Category::Eof | Category::Io => {
-                    Err(Problem::bad_request(format!("the body is not valid JSON: {inner}")))
-                }
-            }
+    let result: Result<T, _> = serde_path_to_error::deserialize(&mut *de);
+    let value = result.map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        data_or_syntax_problem(&path, &inner)
+    })?;
+    de.end().map_err(|e| Problem::bad_request(format!("the body holds more than one JSON value: {e}")))?;
+    Ok(value)
+}
+
+fn data_or_syntax_problem(path: &str, inner: &serde_json::Error) -> Problem {
+    use serde_json::error::Category;
+    match inner.classify() {
+        Category::Data => {
+            let message = strip_position(&inner.to_string());
+            // serde names a missing or unknown field only in its message; put it in `field` too.
+            let named = ["missing field `", "unknown field `"]
+                .iter()
+                .find_map(|p| message.strip_prefix(p).and_then(|rest| rest.split('`').next()));
+            let field = match (path, named) {
+                (".", Some(name)) => name.to_owned(),
+                (".", None) => "body".to_owned(),
+                (p, Some(name)) if message.starts_with("missing") => format!("{p}.{name}"),
+                (p, _) => p.to_owned(),
+            };
+            Problem::invalid(vec![FieldError::new(field, message)])
+        }
+        Category::Syntax | Category::Eof | Category::Io => {
+            Problem::bad_request(format!("the body is not valid JSON: {inner}"))
         }
     }
 }
@@ -80,6 +104,34 @@ fn strip_position(msg: &str) -> String {
     match msg.rfind(" at line ") {
         Some(i) => msg[..i].to_owned(),
         None => msg.to_owned(),
+    }
+}
+
+/// `Query<T>` whose rejection is a problem+json 400 (a repeated or malformed parameter).
+pub struct Q<T>(pub T);
+
+impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for Q<T> {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Q(q.0))
+            .map_err(|e| Problem::bad_request(format!("invalid query string: {}", e.body_text())))
+    }
+}
+
+/// `Path<T>` whose rejection is a problem+json 400 (e.g. a segment that is not valid UTF-8).
+pub struct P<T>(pub T);
+
+impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for P<T> {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| P(p.0))
+            .map_err(|e| Problem::bad_request(format!("invalid path: {}", e.body_text())))
     }
 }
 

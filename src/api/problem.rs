@@ -30,6 +30,10 @@ pub struct Problem {
     pub errors: Vec<FieldError>,
     #[serde(skip)]
     pub retry_after_secs: Option<u64>,
+    /// Close the connection after answering: set when the request body was not read to its end, so
+    /// that a keep-alive client is told rather than finding a dead connection on its next request.
+    #[serde(skip)]
+    pub close_connection: bool,
 }
 
 impl Problem {
@@ -41,6 +45,7 @@ impl Problem {
             detail: detail.into(),
             errors: Vec::new(),
             retry_after_secs: None,
+            close_connection: false,
         }
     }
 
@@ -74,12 +79,13 @@ impl Problem {
     }
 
     pub fn too_large(limit: u64) -> Problem {
-        Problem::new(
+        let p = Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too-large",
             "Request body too large",
             format!("the body exceeds the limit of {limit} bytes"),
-        )
+        );
+        Problem { close_connection: true, ..p }
     }
 
     pub fn unauthorized(detail: impl Into<String>) -> Problem {
@@ -115,9 +121,13 @@ impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let retry_after = self.retry_after_secs;
+        let close = self.close_connection;
         let body = serde_json::to_vec(&self).unwrap_or_default();
         let mut resp = (status, body).into_response();
         resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if close {
+            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let Some(secs) = retry_after {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }

@@ -1,12 +1,12 @@
 //! `/v1/tenants`: the platform's customers.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 
 use super::AppState;
-use super::extract::{JsonBody, Page, Tenant};
+use super::extract::{JsonBody, P, Page, Q, Tenant};
 use super::problem::{FieldError, Problem};
 use super::views::{ListView, TenantView};
 use crate::model::TenantRecord;
@@ -82,7 +82,7 @@ pub async fn create(
 
 pub async fn list(
     State(state): State<AppState>,
-    Query(page): Query<Page>,
+    Q(page): Q<Page>,
 ) -> Result<Json<ListView<TenantView>>, Problem> {
     let limit = page.limit()?;
     let snapshot = state.registry.snapshot();
@@ -130,7 +130,7 @@ pub async fn update(
 
 /// Deletes the tenant and its endpoints. Its events and history become unreachable at once (a tenant
 /// created again under the same id starts empty) and are purged from disk by retention.
-pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, Problem> {
+pub async fn delete(State(state): State<AppState>, P(id): P<String>) -> Result<StatusCode, Problem> {
     let deleted = state.registry.mutate(|reg, store| -> Result<bool, Problem> {
         let Some(t) = reg.tenant(&id).cloned() else { return Ok(false) };
         let endpoints: Vec<u64> = reg.tenant_endpoints(t.serial).map(|e| e.record.id).collect();

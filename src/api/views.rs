@@ -181,6 +181,9 @@ pub struct AttemptView {
     pub trigger: Trigger,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_headers: Option<BTreeMap<String, String>>,
+    /// Detail only: the body as sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_body: Option<String>,
 }
 
 fn header_map(list: &[(String, String)]) -> BTreeMap<String, String> {
@@ -220,6 +223,7 @@ impl AttemptView {
             attempt_number: a.attempt_number,
             trigger: a.trigger,
             request_headers: detail.then(|| header_map(&a.request_headers)),
+            request_body: None,
         }
     }
 }

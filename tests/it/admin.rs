@@ -518,9 +518,13 @@ async fn an_invalid_patch_is_refused_and_leaves_the_endpoint_unchanged() {
     }
     let response = send(&daemon, Method::PATCH, &path, Some(json!({"name": "changed", "bogus": 1}))).await;
     assert_422_mentioning(&response, "bogus");
-    for not_an_object in ["[1]", "\"x\"", "{"] {
-        let response = send_raw(&daemon, Method::PATCH, &path, not_an_object).await;
-        assert_problem(&response, StatusCode::BAD_REQUEST, "");
+    for (body, status) in [
+        ("[1]", StatusCode::UNPROCESSABLE_ENTITY),
+        ("\"x\"", StatusCode::UNPROCESSABLE_ENTITY),
+        ("{", StatusCode::BAD_REQUEST),
+    ] {
+        let response = send_raw(&daemon, Method::PATCH, &path, body).await;
+        assert_problem(&response, status, "");
     }
     let (_, after) = daemon.get(&path).await;
     assert_eq!(after, before, "a refused PATCH changed the endpoint");
@@ -805,7 +809,6 @@ async fn a_disabled_endpoint_keeps_its_events_and_delivers_them_when_enabled_aga
 // ---- bugs ----
 
 #[tokio::test]
-#[ignore = "BUG: the derived Deserialize of request bodies (tenants::CreateTenant, endpoints::EndpointIn, …) also accepts a JSON array read as the fields in order, so [\"acme\",\"Acme\"] creates a tenant"]
 async fn a_json_array_body_creates_no_tenant() {
     let daemon = Daemon::start().await;
     let response = send_raw(&daemon, Method::POST, "/v1/tenants", r#"["acme","Acme"]"#).await;
@@ -816,7 +819,6 @@ async fn a_json_array_body_creates_no_tenant() {
 }
 
 #[tokio::test]
-#[ignore = "BUG: api::extract::parse_json never calls Deserializer::end(), so data after the first JSON value is ignored and `{\"id\":\"acme\"} nonsense` creates a tenant"]
 async fn a_body_with_data_after_the_json_value_creates_no_tenant() {
     let daemon = Daemon::start().await;
     let response = send_raw(&daemon, Method::POST, "/v1/tenants", r#"{"id":"acme"} nonsense"#).await;
@@ -826,7 +828,6 @@ async fn a_body_with_data_after_the_json_value_creates_no_tenant() {
 }
 
 #[tokio::test]
-#[ignore = "BUG: axum's Path and Query rejections (a repeated parameter, a path segment that is not UTF-8) escape as text/plain 400 instead of problem+json: handlers take Path<…>/Query<…> without mapping their rejections"]
 async fn path_and_query_rejections_are_problem_json() {
     let daemon = daemon_with_tenant("acme").await;
     for (method, path) in [

@@ -563,7 +563,6 @@ async fn the_attempt_detail_shows_the_request_headers_and_the_response() {
 }
 
 #[tokio::test]
-#[ignore = "BUG: GET …/attempts/{id} has no request body (API.md: 'adds the request headers and body sent'); AttemptRecord/AttemptView never keep it"]
 async fn the_attempt_detail_shows_the_request_body_sent() {
     let daemon = daemon().await;
     let receiver = Receiver::start().await;

@@ -4,10 +4,10 @@
 //! One module per capability (ingest, delivery, retries, batching, auth, …); `smoke` checks the harness
 //! itself and the daemon's process contract.
 
-mod harness;
-mod receiver;
-mod smoke;
 mod admin;
 mod delivery;
 mod durability;
+mod harness;
 mod ingest;
+mod receiver;
+mod smoke;
