@@ -40,6 +40,7 @@ fn now_micros() -> u64 {
 /// `"t":<µs>` the payload carries.
 struct Sink {
     addr: SocketAddr,
+    /// Counts events, not requests (a batch body counts each event it carries).
     received: Arc<AtomicU64>,
     latencies: Arc<Mutex<Vec<u64>>>,
     first_last: Arc<Mutex<(Option<Instant>, Option<Instant>)>>,
@@ -80,6 +81,14 @@ async fn start_sink() -> Res<Sink> {
         }
     });
     Ok(Sink { addr, received, latencies, first_last })
+}
+
+impl Sink {
+    async fn reset(&self) {
+        self.received.store(0, Ordering::Relaxed);
+        self.latencies.lock().await.clear();
+        *self.first_last.lock().await = (None, None);
+    }
 }
 
 fn count_events(body: &[u8]) -> u64 {
@@ -360,35 +369,93 @@ async fn run(opts: Opts) -> Res<()> {
         drive(bare, "/v1/tenants/bench/events", opts.connections, opts.secs, Arc::new(single_body)).await?;
     let baseline = report("baseline: bare hyper server, same load", &mut r, 1);
 
-    // Durable single-event ingest with one matching endpoint; deliveries measured at the sink.
     let sink = start_sink().await?;
     let mut daemon = start_daemon("fsync").await?;
-    setup_tenant(daemon.addr, &sink, 1).await?;
+    setup_tenant(daemon.addr, &sink, 0).await?;
+
+    // 1. Durable single-event ingest, nothing to deliver: the log's own capacity.
     let mut r =
         drive(daemon.addr, "/v1/tenants/bench/events", opts.connections, opts.secs, Arc::new(single_body))
             .await?;
-    let ingest = report("ingest: single events, fsync, 1 endpoint", &mut r, 1);
+    let ingest = report("ingest: single events, fsync, no endpoint", &mut r, 1);
     println!("{:<44} {:>9.0} %", "  ratio to the bare server", 100.0 * ingest / baseline.max(1.0));
-    let (delivered, rate) =
-        drain(&sink, r.requests, Duration::from_secs(if opts.quick { 20 } else { 120 })).await;
-    println!("{:<44} {rate:>10.0} /s   ({delivered} of {} delivered)", "delivery: single events", r.requests);
-    let mut lat = sink.latencies.lock().await.clone();
-    lat.sort_unstable();
-    println!(
-        "{:<44} p50 {:>7.2} ms   p99 {:>7.2} ms   (includes backlog under saturating load)",
-        "  ingest→receipt latency",
-        pct(&lat, 0.5),
-        pct(&lat, 0.99)
-    );
 
-    // Batch ingest (100 × 500 B per request).
+    // 2. Durable batch ingest (100 × 500 B per request).
     let conns = opts.connections.min(8);
     let mut r =
         drive(daemon.addr, "/v1/tenants/bench/events/batch", conns, opts.secs, Arc::new(batch_body)).await?;
     report(&format!("ingest: batches of 100, fsync, {conns} conns (events)"), &mut r, 100);
+
+    // 3. Delivery alone: a backlog ingested while the endpoint is disabled, then drained.
+    let backlog: u64 = if opts.quick { 5_000 } else { 50_000 };
+    let endpoint = create_endpoint(daemon.addr, &sink, 0, false).await?;
+    let mut send = connection(daemon.addr).await?;
+    for _ in 0..backlog / 100 {
+        let req = Request::builder()
+            .method("POST")
+            .uri("/v1/tenants/bench/events/batch")
+            .header("host", daemon.addr.to_string())
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .body(Full::new(batch_body()))?;
+        let resp = send.send_request(req).await?;
+        if !resp.status().is_success() {
+            return Err(format!("backlog ingest: {}", resp.status()).into());
+        }
+        let _ = resp.into_body().collect().await;
+    }
+    let (s, b) = admin(
+        daemon.addr,
+        "PATCH",
+        &format!("/v1/tenants/bench/endpoints/{endpoint}"),
+        r#"{"enabled":true}"#.into(),
+    )
+    .await?;
+    if s != 200 {
+        return Err(format!("enable endpoint: {s} {b}").into());
+    }
+    let (delivered, rate) =
+        drain(&sink, backlog, Duration::from_secs(if opts.quick { 30 } else { 180 })).await;
+    println!(
+        "{:<44} {rate:>10.0} /s   ({delivered} of {backlog} delivered, max_in_flight 64)",
+        "delivery: single events from a backlog"
+    );
+
+    // 4. Both at once: ingest with one live endpoint; ingest→receipt latency under saturating load.
+    sink.reset().await;
+    let mut r =
+        drive(daemon.addr, "/v1/tenants/bench/events", opts.connections, opts.secs, Arc::new(single_body))
+            .await?;
+    report("ingest + delivery: single events, 1 endpoint", &mut r, 1);
+    let (delivered, rate) =
+        drain(&sink, r.requests, Duration::from_secs(if opts.quick { 30 } else { 120 })).await;
+    println!(
+        "{:<44} {rate:>10.0} /s   ({delivered} of {} delivered)",
+        "  delivery while ingesting", r.requests
+    );
+    let mut lat = sink.latencies.lock().await.clone();
+    lat.sort_unstable();
+    println!(
+        "{:<44} p50 {:>7.2} ms   p99 {:>7.2} ms   (saturating load: includes queueing)",
+        "  ingest→receipt latency",
+        pct(&lat, 0.5),
+        pct(&lat, 0.99)
+    );
     println!("{:<44} {:>9.1} MiB", "daemon peak RSS", peak_rss_mib(daemon.child.id()));
     let _ = daemon.child.kill().await;
     Ok(())
+}
+
+async fn create_endpoint(addr: SocketAddr, sink: &Sink, i: usize, enabled: bool) -> Res<String> {
+    let body = format!(
+        r#"{{"url":"http://{}/hook/{i}","event_types":["ticket.created"],"max_in_flight":64,"enabled":{enabled}}}"#,
+        sink.addr
+    );
+    let (s, b) = admin(addr, "POST", "/v1/tenants/bench/endpoints", body).await?;
+    if s != 201 {
+        return Err(format!("create endpoint: {s} {b}").into());
+    }
+    let v: serde_json::Value = serde_json::from_str(&b)?;
+    Ok(v["id"].as_str().unwrap_or_default().to_owned())
 }
 
 fn main() {
