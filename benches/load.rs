@@ -167,13 +167,21 @@ async fn start_daemon(durability: &str) -> Res<Daemon> {
 }
 
 fn peak_rss_mib(pid: Option<u32>) -> f64 {
+    proc_status_mib(pid, "VmHWM:")
+}
+
+fn rss_mib(pid: Option<u32>) -> f64 {
+    proc_status_mib(pid, "VmRSS:")
+}
+
+fn proc_status_mib(pid: Option<u32>, field: &str) -> f64 {
     let Some(pid) = pid else { return 0.0 };
     let Ok(status) = std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("status")) else {
         return 0.0;
     };
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
 }
@@ -196,6 +204,7 @@ async fn admin(addr: SocketAddr, method: &str, path: &str, body: String) -> Res<
         .header("authorization", format!("Bearer {TOKEN}"))
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body)))?;
+    send.ready().await?;
     let resp = send.send_request(req).await?;
     let status = resp.status().as_u16();
     let body = resp.into_body().collect().await?.to_bytes();
@@ -238,6 +247,10 @@ async fn drive(
                     Err(_) => break,
                 };
                 let t = Instant::now();
+                if send.ready().await.is_err() {
+                    err += 1;
+                    break;
+                }
                 match send.send_request(req).await {
                     Ok(resp) => {
                         let good = resp.status().is_success();
@@ -380,24 +393,28 @@ async fn run(opts: Opts) -> Res<()> {
     let ingest = report("ingest: single events, fsync, no endpoint", &mut r, 1);
     println!("{:<44} {:>9.0} %", "  ratio to the bare server", 100.0 * ingest / baseline.max(1.0));
 
+    println!("{:<44} {:>9.1} MiB", "  daemon RSS now", rss_mib(daemon.child.id()));
     // 2. Durable batch ingest (100 × 500 B per request).
     let conns = opts.connections.min(8);
     let mut r =
         drive(daemon.addr, "/v1/tenants/bench/events/batch", conns, opts.secs, Arc::new(batch_body)).await?;
     report(&format!("ingest: batches of 100, fsync, {conns} conns (events)"), &mut r, 100);
 
+    println!("{:<44} {:>9.1} MiB", "  daemon RSS now", rss_mib(daemon.child.id()));
     // 3. Delivery alone: a backlog ingested while the endpoint is disabled, then drained.
     let backlog: u64 = if opts.quick { 5_000 } else { 50_000 };
-    let endpoint = create_endpoint(daemon.addr, &sink, 0, false).await?;
-    let mut send = connection(daemon.addr).await?;
-    for _ in 0..backlog / 100 {
+    let endpoint =
+        create_endpoint(daemon.addr, &sink, 0, false).await.map_err(|e| format!("create endpoint: {e}"))?;
+    let mut send = connection(daemon.addr).await.map_err(|e| format!("backlog connection: {e}"))?;
+    for i in 0..backlog / 100 {
         let req = Request::builder()
             .method("POST")
             .uri("/v1/tenants/bench/events/batch")
             .header("host", daemon.addr.to_string())
             .header("authorization", format!("Bearer {TOKEN}"))
             .body(Full::new(batch_body()))?;
-        let resp = send.send_request(req).await?;
+        send.ready().await?;
+        let resp = send.send_request(req).await.map_err(|e| format!("backlog ingest request {i}: {e:?}"))?;
         if !resp.status().is_success() {
             return Err(format!("backlog ingest: {}", resp.status()).into());
         }
@@ -420,6 +437,7 @@ async fn run(opts: Opts) -> Res<()> {
         "delivery: single events from a backlog"
     );
 
+    println!("{:<44} {:>9.1} MiB", "  daemon RSS now", rss_mib(daemon.child.id()));
     // 4. Both at once: ingest with one live endpoint; ingest→receipt latency under saturating load.
     sink.reset().await;
     let mut r =

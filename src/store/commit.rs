@@ -243,8 +243,8 @@ fn commit_group(
         Some(e) => Err(e),
         None => write_group(store, ids, tenants, now),
     };
-    let committed = match result {
-        Ok(committed) => committed,
+    let (committed, first_ids) = match result {
+        Ok(written) => written,
         Err(e) => {
             let e = Arc::new(e);
             tracing::error!(error = %e, "group commit failed");
@@ -255,7 +255,6 @@ fn commit_group(
         }
     };
     on_commit(&committed);
-    let first_ids: Vec<u64> = committed.iter().map(|c| c.first_id).collect();
     let events: usize = committed.iter().map(|c| c.record.events.len()).sum();
     crate::metrics::group_committed(events, started.elapsed());
     for (reply, slots) in replies.into_iter().zip(slots) {
@@ -275,31 +274,58 @@ fn commit_group(
     }
 }
 
-/// Writes one record per tenant (and the idempotency keys) in one sled batch, then makes it durable.
+/// Log records are cut at about this many payload bytes (a single larger event still gets one record).
+/// Measured with sled 0.34 alone (64 MiB cache, 500 MB written): values of 4-8 KB keep RSS at 63-81 MiB,
+/// 16 KB at 116 MiB, 60 KB at ~300 MiB whatever the cache size — sled holds large values outside its
+/// cache accounting. Values over ~128 KiB also become separate blob files (one file and one extra fsync
+/// per write). Smaller records also pin less memory per event in a catch-up read.
+const MAX_RECORD_BYTES: usize = 8 * 1024;
+
+/// Writes each tenant's events as records of consecutive ids (and the idempotency keys) in one sled
+/// batch — atomic across all of them — then makes it durable. Returns the records and, per tenant (in
+/// the order given), the id of its first event.
 fn write_group(
     store: &Store,
     ids: &IdGen,
     tenants: Vec<(u64, Vec<EventRecord>)>,
     now: u64,
-) -> Result<Vec<CommittedRecord>, StoreError> {
+) -> Result<(Vec<CommittedRecord>, Vec<u64>), StoreError> {
     let mut batch = sled::Batch::default();
     let mut committed = Vec::with_capacity(tenants.len());
+    let mut first_ids = Vec::with_capacity(tenants.len());
     for (tenant, events) in tenants {
         // Every tenant keeps its slot so that `first_ids[t]` lines up; an empty one writes nothing.
         let first_id = if events.is_empty() { 0 } else { ids.next_block(events.len() as u64) };
+        first_ids.push(first_id);
         for (pos, ev) in events.iter().enumerate() {
             if let Some(key) = &ev.idempotency_key {
                 let rec = IdempotencyRecord { event_id: first_id + pos as u64, received_at: now };
                 batch.insert(keys::tenant_named(keys::IDEMPOTENCY, tenant, key), records::encode(&rec)?);
             }
         }
-        let record = LogRecord { events };
-        if !record.events.is_empty() {
-            batch.insert(&keys::two(keys::LOG, tenant, first_id), records::encode(&record)?);
+        let mut next_id = first_id;
+        let mut chunk: Vec<EventRecord> = Vec::new();
+        let mut chunk_bytes = 0usize;
+        for ev in events {
+            let size = ev.payload.len() + ev.event_type.len() + 32;
+            if !chunk.is_empty() && chunk_bytes + size > MAX_RECORD_BYTES {
+                let record = LogRecord { events: std::mem::take(&mut chunk) };
+                let n = record.events.len() as u64;
+                batch.insert(&keys::two(keys::LOG, tenant, next_id), records::encode(&record)?);
+                committed.push(CommittedRecord { tenant, first_id: next_id, record: Arc::new(record) });
+                next_id += n;
+                chunk_bytes = 0;
+            }
+            chunk_bytes += size;
+            chunk.push(ev);
         }
-        committed.push(CommittedRecord { tenant, first_id, record: Arc::new(record) });
+        if !chunk.is_empty() {
+            let record = LogRecord { events: chunk };
+            batch.insert(&keys::two(keys::LOG, tenant, next_id), records::encode(&record)?);
+            committed.push(CommittedRecord { tenant, first_id: next_id, record: Arc::new(record) });
+        }
     }
     store.inner.log.apply_batch(batch)?;
     store.sync()?;
-    Ok(committed)
+    Ok((committed, first_ids))
 }
