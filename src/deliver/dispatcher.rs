@@ -107,7 +107,11 @@ impl Dispatcher {
     /// Runs until the endpoint is deleted, or until shutdown and the attempts in hand are finished.
     pub async fn run(mut self) {
         let mut changes = self.shared.registry.subscribe();
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        // Only idle bookkeeping runs on this tick; spread over endpoints so that thousands of idle
+        // dispatchers do not wake together.
+        let period = IDLE_PERSIST_EVERY;
+        let offset = Duration::from_millis(self.endpoint % period.as_millis().max(1) as u64);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             let snapshot = self.shared.registry.snapshot();
@@ -489,7 +493,7 @@ impl Dispatcher {
         }
     }
 
-    /// Once a second: an idle endpoint's cursor follows the log, so a restart does not re-read what
+    /// Every few seconds: an idle endpoint's cursor follows the log, so a restart does not re-read what
     /// other endpoints got meanwhile.
     fn on_tick(&mut self) {
         // Read the routed mark before looking at the feed: everything up to it was pushed already.
