@@ -9,7 +9,10 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::harness::{ADMIN_TOKEN, Daemon, RawResponse, StatusCode, eventually};
+use crate::harness::{
+    ADMIN_TOKEN, Daemon, RawResponse, StatusCode, assert_422_mentioning, assert_problem, error_fields,
+    eventually,
+};
 use crate::receiver::{Receiver, verify};
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -40,45 +43,6 @@ async fn send_raw(daemon: &Daemon, method: Method, path: &str, body: impl Into<b
 /// Sends a JSON body (or none) with the admin token, keeping the response headers.
 async fn send(daemon: &Daemon, method: Method, path: &str, body: Option<Value>) -> RawResponse {
     send_raw(daemon, method, path, body.map(|b| b.to_string()).unwrap_or_default()).await
-}
-
-fn error_fields(problem: &Value) -> Vec<String> {
-    problem["errors"]
-        .as_array()
-        .map(|errors| errors.iter().filter_map(|e| e["field"].as_str().map(str::to_owned)).collect())
-        .unwrap_or_default()
-}
-
-/// Asserts a problem response: the status, `application/problem+json`, the `status` member, and (unless
-/// `field` is empty) that `errors[].field` names `field`. Returns the problem.
-#[track_caller]
-fn assert_problem(response: &RawResponse, status: StatusCode, field: &str) -> Value {
-    assert_eq!(response.status, status, "{}", response.text());
-    let content_type = response.header("content-type").unwrap_or_default();
-    assert!(
-        content_type.starts_with("application/problem+json"),
-        "content-type {content_type:?} for {}",
-        response.text()
-    );
-    let problem = response.json();
-    assert_eq!(problem["status"], status.as_u16(), "{problem}");
-    if !field.is_empty() {
-        assert!(error_fields(&problem).iter().any(|f| f == field), "no error names {field:?}: {problem}");
-    }
-    problem
-}
-
-/// Asserts a 422 naming `field`, as an error's field or — for a missing or unknown field, which the body
-/// as a whole is blamed for — in an error's message.
-#[track_caller]
-fn assert_422_mentioning(response: &RawResponse, field: &str) {
-    let problem = assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY, "");
-    let named = problem["errors"].as_array().is_some_and(|errors| {
-        errors.iter().any(|e| {
-            e["field"] == field || e["message"].as_str().is_some_and(|m| m.contains(&format!("`{field}`")))
-        })
-    });
-    assert!(named, "no error names {field:?}: {problem}");
 }
 
 fn str_of<'a>(value: &'a Value, key: &str) -> &'a str {

@@ -573,3 +573,44 @@ fn str_field(body: &Value, field: &str) -> String {
         .unwrap_or_else(|| panic!("response has no string field {field:?}: {body}"))
         .to_owned()
 }
+
+// ---- assertions on problem+json responses, shared by the test modules ----
+
+pub fn error_fields(problem: &Value) -> Vec<String> {
+    problem["errors"]
+        .as_array()
+        .map(|errors| errors.iter().filter_map(|e| e["field"].as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
+}
+
+/// Asserts a problem response: the status, `application/problem+json`, the `status` member, and (unless
+/// `field` is empty) that `errors[].field` names `field`. Returns the problem.
+#[track_caller]
+pub fn assert_problem(response: &RawResponse, status: StatusCode, field: &str) -> Value {
+    assert_eq!(response.status, status, "{}", response.text());
+    let content_type = response.header("content-type").unwrap_or_default();
+    assert!(
+        content_type.starts_with("application/problem+json"),
+        "content-type {content_type:?} for {}",
+        response.text()
+    );
+    let problem = response.json();
+    assert_eq!(problem["status"], status.as_u16(), "{problem}");
+    if !field.is_empty() {
+        assert!(error_fields(&problem).iter().any(|f| f == field), "no error names {field:?}: {problem}");
+    }
+    problem
+}
+
+/// Asserts a 422 naming `field`, as an error's field or — for a missing or unknown field, which the body
+/// as a whole is blamed for — in an error's message.
+#[track_caller]
+pub fn assert_422_mentioning(response: &RawResponse, field: &str) {
+    let problem = assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY, "");
+    let named = problem["errors"].as_array().is_some_and(|errors| {
+        errors.iter().any(|e| {
+            e["field"] == field || e["message"].as_str().is_some_and(|m| m.contains(&format!("`{field}`")))
+        })
+    });
+    assert!(named, "no error names {field:?}: {problem}");
+}

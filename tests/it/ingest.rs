@@ -16,7 +16,9 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::harness::{ADMIN_TOKEN, Daemon, RawResponse, StatusCode, eventually};
+use crate::harness::{
+    ADMIN_TOKEN, Daemon, RawResponse, StatusCode, assert_problem, error_fields, eventually,
+};
 use crate::receiver::Receiver;
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -64,32 +66,6 @@ async fn post_raw(
 async fn get_raw(daemon: &Daemon, path: &str) -> RawResponse {
     let auth = bearer();
     daemon.raw(Method::GET, path, &[("authorization", auth.as_str())], "").await
-}
-
-fn error_fields(problem: &Value) -> Vec<String> {
-    problem["errors"]
-        .as_array()
-        .map(|errors| errors.iter().filter_map(|e| e["field"].as_str().map(str::to_owned)).collect())
-        .unwrap_or_default()
-}
-
-/// Asserts a problem response: the status, `application/problem+json`, the `status` member, and (unless
-/// `field` is empty) that `errors[].field` names `field`. Returns the problem.
-#[track_caller]
-fn assert_problem(response: &RawResponse, status: StatusCode, field: &str) -> Value {
-    assert_eq!(response.status, status, "{}", response.text());
-    let content_type = response.header("content-type").unwrap_or_default();
-    assert!(
-        content_type.starts_with("application/problem+json"),
-        "content-type {content_type:?} for {}",
-        response.text()
-    );
-    let problem = response.json();
-    assert_eq!(problem["status"], status.as_u16(), "{problem}");
-    if !field.is_empty() {
-        assert!(error_fields(&problem).iter().any(|f| f == field), "no error names {field:?}: {problem}");
-    }
-    problem
 }
 
 /// Asserts a 422 that names `field`, either as an error's field or — for a missing or unknown field,
