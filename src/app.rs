@@ -58,8 +58,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         ids: ids.clone(),
         user_agent: http::HeaderValue::from_str(&user_agent())
             .unwrap_or(http::HeaderValue::from_static("hookd")),
-        max_response_body_bytes: usize::try_from(config.delivery.max_response_body_bytes.0)
-            .unwrap_or(usize::MAX),
         routed_upto: Default::default(),
         shutdown: stop_dispatch.clone(),
     });

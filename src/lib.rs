@@ -28,6 +28,8 @@
 //! - [`deliver`]: per-endpoint dispatch, signing, HTTP client, retry policy.
 //! - [`ids`], [`model`], [`time`]: identifiers, domain types and timestamps shared by all of the above.
 #![forbid(unsafe_code)]
+// Nothing that depends on input or I/O may panic: outside tests, errors are handled, not unwrapped.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod api;
 pub mod app;

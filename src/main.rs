@@ -1,4 +1,6 @@
 //! The `hookd` binary: parses arguments, loads the config, and hands over to [`hookd::app`].
+#![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -30,12 +30,18 @@ pub struct EndpointEntry {
 impl EndpointEntry {
     pub fn new(record: EndpointRecord) -> EndpointEntry {
         let mut secrets = Vec::with_capacity(1 + record.retired_secrets.len());
-        if let Ok(s) = Secret::parse(&record.secret) {
-            secrets.push((s, None));
-        }
-        for r in &record.retired_secrets {
-            if let Ok(s) = Secret::parse(&r.secret) {
-                secrets.push((s, Some(r.expires_at)));
+        let current = std::iter::once((&record.secret, None));
+        let retired = record.retired_secrets.iter().map(|r| (&r.secret, Some(r.expires_at)));
+        for (text, expires) in current.chain(retired) {
+            match Secret::parse(text) {
+                Ok(s) => secrets.push((s, expires)),
+                // Secrets are validated before they are stored; one that does not parse means a damaged
+                // record. Say so loudly: its deliveries will fail verification at the receiver.
+                Err(e) => tracing::error!(
+                    endpoint = %crate::ids::EndpointId(record.id),
+                    error = %e,
+                    "stored signing secret does not parse"
+                ),
             }
         }
         EndpointEntry { subscription: Subscription::new(&record), record, secrets }

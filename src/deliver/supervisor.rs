@@ -28,7 +28,6 @@ pub struct Shared {
     pub client: HttpClient,
     pub ids: Arc<IdGen>,
     pub user_agent: http::HeaderValue,
-    pub max_response_body_bytes: usize,
     /// Every event with an id up to this has been routed (pushed to its feeds).
     pub routed_upto: AtomicU64,
     pub shutdown: CancellationToken,
