@@ -184,8 +184,13 @@ pub fn validate(mut input: EndpointIn, delivery: &DeliveryConfig) -> Result<Vali
     if !(1..=1024).contains(&max_in_flight) {
         errors.push(FieldError::new("max_in_flight", "must be from 1 to 1024"));
     }
-    if input.batch.is_some() {
-        errors.push(FieldError::new("batch", "batched delivery is not available yet: omit batch"));
+    if let Some(b) = input.batch {
+        if !(1..=1000).contains(&b.max_events) {
+            errors.push(FieldError::new("batch.max_events", "must be from 1 to 1000"));
+        }
+        if b.max_wait_ms > 60_000 {
+            errors.push(FieldError::new("batch.max_wait_ms", "must be at most 60000 (1 minute)"));
+        }
     }
     let retry = *input.retry.get_or_insert_with(RetryPolicy::default);
     if !(1..=100).contains(&retry.max_attempts) {

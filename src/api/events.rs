@@ -153,7 +153,14 @@ pub async fn get(
         if snapshot.tenant_endpoint(tenant.serial, *ep).is_none() {
             continue; // deleted since
         }
-        let view = match state.store.delivery(*ep, id)? {
+        let record = match state.store.delivery(*ep, id)? {
+            Some(d) => Some(d),
+            None => match state.store.batch_of(*ep, id)? {
+                Some(batch) => state.store.delivery(*ep, batch)?,
+                None => None,
+            },
+        };
+        let view = match record {
             Some(d) => DeliveryView {
                 endpoint_id: crate::ids::EndpointId(*ep),
                 state: d.state,

@@ -43,8 +43,8 @@ const IDLE_PERSIST_EVERY: Duration = Duration::from_secs(5);
 /// What an attempt is for.
 #[derive(Debug)]
 enum Job {
-    /// The first attempt of a single-event delivery.
-    First { event: u64 },
+    /// The first attempt of a delivery: one event, or a batch (`batch_id` set) of several.
+    First { events: Vec<u64>, batch_id: Option<u64> },
     /// A later attempt of a delivery whose retry came due.
     Retry { webhook_id: u64, due: u64, record: DeliveryRecord },
 }
@@ -80,6 +80,10 @@ pub struct Dispatcher {
     retrying: HashSet<u64>,
     limiter: Option<(RateLimit, DefaultDirectRateLimiter)>,
     rate_wait: Option<Instant>,
+    /// Batch endpoints: events gathered for the next batch (already in `pending`), and when the first
+    /// of them was taken (the batch goes out `max_wait_ms` after it, or when full).
+    open_batch: Vec<EventRef>,
+    open_since: Option<Instant>,
 }
 
 impl Dispatcher {
@@ -101,6 +105,8 @@ impl Dispatcher {
             retrying: HashSet::new(),
             limiter: None,
             rate_wait: None,
+            open_batch: Vec::new(),
+            open_since: None,
         }
     }
 
@@ -127,7 +133,7 @@ impl Dispatcher {
             if active {
                 self.fill(&entry);
             }
-            let wake_at = if active { self.next_wake() } else { None };
+            let wake_at = if active { self.next_wake(&entry) } else { None };
             tokio::select! {
                 Some(joined) = self.in_flight.join_next(), if !self.in_flight.is_empty() => match joined {
                     Ok(done) => self.finish(done, &entry),
@@ -144,7 +150,8 @@ impl Dispatcher {
         self.persist_cursor();
     }
 
-    /// Starts attempts until the endpoint's concurrency is used up or nothing is ready.
+    /// Starts attempts until the endpoint's concurrency is used up or nothing is ready. A rate-limit
+    /// token is taken only for a request that is about to be sent.
     fn fill(&mut self, entry: &EndpointEntry) {
         let ordered = entry.record.ordered;
         let max = if ordered { 1 } else { entry.record.max_in_flight.max(1) as usize };
@@ -153,26 +160,74 @@ impl Dispatcher {
             if self.due.is_empty() && self.due_more {
                 self.reload_due();
             }
-            let retry_ready = self.due.first().is_some_and(|(due, _)| *due <= now);
-            // Ordered: while a delivery waits for its retry, nothing behind it may start.
-            let head_blocked = ordered && (!self.due.is_empty() || !self.retrying.is_empty());
-            let fresh_ready = !head_blocked && (!self.backlog.is_empty() || self.feed.has_work());
-            if !retry_ready && !fresh_ready {
-                return;
-            }
-            if !self.permit(entry) {
-                return;
-            }
-            if retry_ready {
+            if self.due.first().is_some_and(|(due, _)| *due <= now) {
+                if !self.permit(entry) {
+                    return;
+                }
                 if let Some((due, webhook_id)) = self.due.pop_first() {
                     self.start_retry(entry, due, webhook_id);
                 }
-            } else if let Some(ev) = self.next_event() {
-                self.start_first(entry, ev);
-            } else {
-                return; // the log read found nothing for this endpoint
+                continue;
+            }
+            // Ordered: while a delivery waits for its retry, nothing behind it may start.
+            if ordered && (!self.due.is_empty() || !self.retrying.is_empty()) {
+                return;
+            }
+            match entry.record.batch {
+                Some(batch) => {
+                    if !self.batch_ready(batch.max_events as usize, batch.max_wait_ms) || !self.permit(entry)
+                    {
+                        return;
+                    }
+                    self.start_batch(entry);
+                }
+                // The endpoint stopped batching: what was gathered goes out as the batch it became.
+                None if !self.open_batch.is_empty() => {
+                    if !self.permit(entry) {
+                        return;
+                    }
+                    self.start_batch(entry);
+                }
+                None => {
+                    if (self.backlog.is_empty() && !self.feed.has_work()) || !self.permit(entry) {
+                        return;
+                    }
+                    match self.next_event() {
+                        Some(ev) => self.start_first(entry, ev),
+                        None => return, // the log read found nothing for this endpoint
+                    }
+                }
             }
         }
+    }
+
+    /// Tops up the open batch; is it full, or has its first event waited `max_wait_ms`?
+    fn batch_ready(&mut self, max_events: usize, max_wait_ms: u64) -> bool {
+        while self.open_batch.len() < max_events {
+            let Some(ev) = self.next_event() else { break };
+            self.pending.insert(ev.id);
+            self.open_since.get_or_insert_with(Instant::now);
+            self.open_batch.push(ev);
+        }
+        let full = self.open_batch.len() >= max_events;
+        let old = self.open_since.is_some_and(|t| t.elapsed() >= Duration::from_millis(max_wait_ms));
+        !self.open_batch.is_empty() && (full || old)
+    }
+
+    /// Sends the open batch as one request, under a new `bat_…` id.
+    fn start_batch(&mut self, entry: &EndpointEntry) {
+        let batch = std::mem::take(&mut self.open_batch);
+        self.open_since = None;
+        let batch_id = self.shared.ids.next();
+        let ids: Vec<u64> = batch.iter().map(|e| e.id).collect();
+        let events: Vec<(u64, &EventRecord)> = batch.iter().map(|e| (e.id, e.event())).collect();
+        self.spawn(
+            entry,
+            Job::First { events: ids, batch_id: Some(batch_id) },
+            &events,
+            1,
+            Trigger::Scheduled,
+        );
     }
 
     /// The next event for a first attempt: the catch-up backlog, then the feed, then the log.
@@ -269,7 +324,8 @@ impl Dispatcher {
     fn start_first(&mut self, entry: &EndpointEntry, ev: EventRef) {
         self.pending.insert(ev.id);
         let event = ev.event();
-        self.spawn(entry, Job::First { event: ev.id }, &[(ev.id, event)], 1, Trigger::Scheduled);
+        let job = Job::First { events: vec![ev.id], batch_id: None };
+        self.spawn(entry, job, &[(ev.id, event)], 1, Trigger::Scheduled);
     }
 
     fn start_retry(&mut self, entry: &EndpointEntry, due: u64, webhook_id: u64) {
@@ -321,17 +377,17 @@ impl Dispatcher {
         trigger: Trigger,
     ) {
         let now = crate::time::now_ms();
-        let (webhook_id, webhook_id_text) = match &job {
-            Job::First { event } => (*event, EventId(*event).to_string()),
-            Job::Retry { webhook_id, record, .. } => {
-                (*webhook_id, webhook_text(*webhook_id, record.batch_id))
-            }
+        let (webhook_id, batch_id) = match &job {
+            Job::First { events, batch_id } => (batch_id.or(events.first().copied()).unwrap_or(0), *batch_id),
+            Job::Retry { webhook_id, record, .. } => (*webhook_id, record.batch_id),
         };
-        let built = request::build(entry, &webhook_id_text, events, &self.shared.user_agent, now);
+        let webhook_id_text = webhook_text(webhook_id, batch_id);
+        let batch = batch_id.is_some();
+        let built = request::build(entry, &webhook_id_text, events, batch, &self.shared.user_agent, now);
         let attempt = AttemptRecord {
             endpoint_id: self.endpoint,
             webhook_id,
-            batch: entry.record.batch.is_some(),
+            batch,
             events: events.iter().map(|(id, _)| *id).collect(),
             url: entry.record.url.clone(),
             method: entry.record.method,
@@ -379,14 +435,17 @@ impl Dispatcher {
             Duration::from_millis(done.attempt.duration_ms),
         );
         let change = match done.job {
-            Job::First { event } => {
-                self.pending.remove(&event);
+            Job::First { events, batch_id } => {
+                for e in &events {
+                    self.pending.remove(e);
+                }
+                let webhook_id = batch_id.or(events.first().copied()).unwrap_or(0);
                 if succeeded {
                     DeliveryChange::FirstTrySuccess
                 } else {
                     let record = DeliveryRecord {
-                        events: vec![event],
-                        batch_id: None,
+                        events,
+                        batch_id,
                         state: DeliveryState::Pending,
                         attempts: 0,
                         next_attempt_at: None,
@@ -394,7 +453,16 @@ impl Dispatcher {
                         created_at: now,
                         updated_at: now,
                     };
-                    self.next_step(record, event, None, done.attempt_id, &policy, false, retry_after, now)
+                    self.next_step(
+                        record,
+                        webhook_id,
+                        None,
+                        done.attempt_id,
+                        &policy,
+                        false,
+                        retry_after,
+                        now,
+                    )
                 }
             }
             Job::Retry { webhook_id, due, record } => {
@@ -523,16 +591,17 @@ impl Dispatcher {
     }
 
     /// When to wake without any other signal: a retry coming due, or the rate limiter refilling.
-    fn next_wake(&self) -> Option<Instant> {
+    fn next_wake(&self, entry: &EndpointEntry) -> Option<Instant> {
         let now_ms = crate::time::now_ms();
         let due = self
             .due
             .first()
             .map(|(due, _)| Instant::now() + Duration::from_millis(due.saturating_sub(now_ms)));
-        match (due, self.rate_wait) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let batch_ready = match (self.open_since, entry.record.batch) {
+            (Some(since), Some(b)) => Some(since + Duration::from_millis(b.max_wait_ms)),
+            _ => None,
+        };
+        [due, self.rate_wait, batch_ready].into_iter().flatten().min()
     }
 
     /// Disables the endpoint (410 Gone). Its deliveries are kept: they resume when it is enabled again.

@@ -97,15 +97,17 @@ pub struct Built {
     pub headers: HeaderMap,
 }
 
-/// Builds the whole request for these events.
+/// Builds the whole request for these events; `batch` is the delivery's own shape (a batch retried
+/// after its endpoint stopped batching is still sent as the batch it was).
 pub fn build(
     entry: &EndpointEntry,
     webhook_id: &str,
     events: &[(u64, &EventRecord)],
+    batch: bool,
     user_agent: &HeaderValue,
     now_ms: u64,
 ) -> Built {
-    let json = body(events, entry.record.batch.is_some());
+    let json = body(events, batch);
     let (body, content_type) = match entry.record.format {
         PayloadFormat::Json => (Bytes::from(json), "application/json"),
         PayloadFormat::Form => (Bytes::from(form_body(&json)), "application/x-www-form-urlencoded"),

@@ -43,6 +43,15 @@ impl Store {
         batch.insert(&keys::two(keys::ATTEMPT_BY_ENDPOINT, w.endpoint, w.attempt_id), &[]);
         if let DeliveryChange::Put { webhook_id, record, old_due, new_due } = &w.delivery {
             batch.insert(&keys::two(keys::DELIVERY, w.endpoint, *webhook_id), records::encode(record)?);
+            // A batch's state is under its batch id; the first time it is stored (its first failure),
+            // each event gets a pointer to it so that the event's own detail can find it.
+            if let (Some(batch_id), None) = (record.batch_id, old_due)
+                && record.attempts == 1
+            {
+                for ev in &record.events {
+                    batch.insert(&keys::two(keys::BATCH_OF, w.endpoint, *ev), &batch_id.to_be_bytes());
+                }
+            }
             if let Some(due) = old_due {
                 batch.remove(&keys::three(keys::QUEUE, w.endpoint, *due, *webhook_id));
             }
@@ -73,6 +82,11 @@ impl Store {
     pub fn delivery(&self, endpoint: u64, webhook_id: u64) -> Result<Option<DeliveryRecord>, StoreError> {
         let k = keys::two(keys::DELIVERY, endpoint, webhook_id);
         self.inner.state.get(k)?.map(|v| records::decode(&k, &v)).transpose()
+    }
+
+    /// The batch holding `event` for `endpoint`, if that batch ever failed (see `write_attempt_outcome`).
+    pub fn batch_of(&self, endpoint: u64, event: u64) -> Result<Option<u64>, StoreError> {
+        Ok(self.inner.state.get(keys::two(keys::BATCH_OF, endpoint, event))?.map(|v| keys::u64_at(&v, 0)))
     }
 
     /// The next entries of an endpoint's retry queue, earliest first, as `(due ms, webhook id)`.

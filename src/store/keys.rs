@@ -11,6 +11,7 @@ pub const DELIVERY: u8 = b'D';
 pub const QUEUE: u8 = b'Q';
 pub const ATTEMPT: u8 = b'A';
 pub const ATTEMPT_BY_ENDPOINT: u8 = b'a';
+pub const BATCH_OF: u8 = b'b';
 
 /// `prefix ++ name`.
 pub fn named(prefix: u8, name: &str) -> Vec<u8> {

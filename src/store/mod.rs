@@ -18,6 +18,7 @@
 //! | `state`  | `Q` E D W                   | empty: the retry queue, ordered by due time | dispatcher        |
 //! | `state`  | `A` T A                     | [`AttemptRecord`]                       | dispatcher            |
 //! | `state`  | `a` E A                     | empty: attempts by endpoint             | dispatcher            |
+//! | `state`  | `b` E V                     | batch id: the failed batch holding V    | dispatcher            |
 //!
 //! # Invariants
 //! - An ingest request is one sled batch on `log` (its events and idempotency keys together) and each

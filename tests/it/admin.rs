@@ -381,7 +381,7 @@ async fn invalid_endpoint_fields_are_422_naming_each() {
         (json!({"method": "GET"}), "method"),
         (json!({"method": "DELETE"}), "method"),
         (json!({"format": "xml"}), "format"),
-        (json!({"batch": {"max_events": 10, "max_wait_ms": 100}}), "batch"),
+        (json!({"batch": {"max_events": 0, "max_wait_ms": 100}}), "batch.max_events"),
         (json!({"name": "n".repeat(257)}), "name"),
     ];
     for (extra, field) in cases {
@@ -473,7 +473,7 @@ async fn an_invalid_patch_is_refused_and_leaves_the_endpoint_unchanged() {
         (json!({"name": "changed", "timeout_ms": 5}), "timeout_ms"),
         (json!({"name": "changed", "event_types": ["Bad"]}), "event_types[0]"),
         (json!({"name": "changed", "secret": "nope"}), "secret"),
-        (json!({"name": "changed", "batch": {"max_events": 2, "max_wait_ms": 10}}), "batch"),
+        (json!({"name": "changed", "batch": {"max_events": 5000, "max_wait_ms": 10}}), "batch.max_events"),
         (json!({"name": "changed", "max_in_flight": 0}), "max_in_flight"),
         (json!({"name": "changed", "headers": {"webhook-id": "x"}}), "headers.webhook-id"),
     ] {

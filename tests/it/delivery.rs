@@ -758,3 +758,88 @@ async fn each_event_goes_out_once_to_each_new_endpoint_under_concurrent_ingest()
         repeated.len()
     );
 }
+
+// ---- batched delivery ----
+
+/// The `{"events": [...]}` of a batch request, as `(event id, payload n)` pairs.
+fn batch_events(request: &Received) -> Vec<(String, i64)> {
+    request.json()["events"]
+        .as_array()
+        .unwrap_or_else(|| panic!("not a batch body: {}", String::from_utf8_lossy(&request.body)))
+        .iter()
+        .map(|e| (text(&e["id"]), e["data"]["n"].as_i64().unwrap_or(-1)))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_batch_endpoint_gets_full_batches_then_the_rest_after_max_wait() {
+    let receiver = Receiver::start().await;
+    let daemon = daemon().await;
+    let (_, secret) = daemon
+        .create_endpoint(
+            TENANT,
+            endpoint(&receiver.url("/batch"), json!({ "batch": { "max_events": 5, "max_wait_ms": 400 } })),
+        )
+        .await;
+    let payloads: Vec<Value> = (0..12).map(|n| json!({ "n": n })).collect();
+    let ids = ingest_batch(&daemon, "ticket.created", &payloads).await;
+    let requests = receiver.wait_for(3, 10 * SECOND).await;
+    stays_at(&receiver, 3, Duration::from_millis(600)).await;
+    let mut seen = Vec::new();
+    for r in &requests {
+        verify(&secret, r).unwrap_or_else(|e| panic!("a batch does not verify: {e}"));
+        assert!(
+            r.webhook_id().starts_with("bat_"),
+            "a batch is identified by its batch id: {}",
+            r.webhook_id()
+        );
+        seen.extend(batch_events(r));
+    }
+    let sizes: Vec<usize> = requests.iter().map(|r| batch_events(r).len()).collect();
+    assert_eq!(sizes, [5, 5, 2], "full batches first, the remainder after max_wait_ms");
+    // Unordered endpoints send batches concurrently: events are oldest first within each batch, and
+    // the batches together carry every event exactly once.
+    let mut batches: Vec<Vec<(String, i64)>> = requests.iter().map(batch_events).collect();
+    for b in &batches {
+        assert!(b.windows(2).all(|w| w[0].0 < w[1].0), "a batch lists its events oldest first: {b:?}");
+    }
+    batches.sort();
+    let got: Vec<String> = batches.iter().flatten().map(|(id, _)| id.clone()).collect();
+    assert_eq!(got, ids, "every event exactly once");
+    let ns: Vec<i64> = batches.iter().flatten().map(|(_, n)| *n).collect();
+    assert_eq!(ns, (0..12).collect::<Vec<i64>>());
+    let webhook_ids: BTreeSet<&str> = requests.iter().map(|r| r.webhook_id()).collect();
+    assert_eq!(webhook_ids.len(), 3, "each batch has its own id");
+}
+
+#[tokio::test]
+async fn a_failed_batch_is_retried_as_the_same_batch_and_its_events_show_it() {
+    let receiver = Receiver::start().await;
+    receiver.set_sequence([500]);
+    let daemon = daemon().await;
+    let (ep, secret) = daemon
+        .create_endpoint(
+            TENANT,
+            endpoint(&receiver.url("/batch"), json!({ "batch": { "max_events": 3, "max_wait_ms": 100 } })),
+        )
+        .await;
+    let payloads: Vec<Value> = (0..3).map(|n| json!({ "n": n })).collect();
+    let ids = ingest_batch(&daemon, "ticket.created", &payloads).await;
+    let requests = receiver.wait_for(2, 10 * SECOND).await;
+    for r in &requests {
+        verify(&secret, r).unwrap_or_else(|e| panic!("a retried batch does not verify: {e}"));
+    }
+    assert_eq!(requests[0].webhook_id(), requests[1].webhook_id(), "a retry keeps the batch id");
+    assert_eq!(batch_events(&requests[0]), batch_events(&requests[1]), "a retry carries the same events");
+    let tried = attempts_reach(&daemon, &format!("endpoint_id={ep}"), 2).await;
+    for a in &tried {
+        assert_eq!(a["webhook_id"], requests[0].webhook_id(), "{a}");
+        let carried: Vec<String> = a["event_ids"].as_array().into_iter().flatten().map(text).collect();
+        assert_eq!(carried, ids, "the history shows which events the batch carried");
+    }
+    for id in &ids {
+        let d = delivery_reaches(&daemon, id, &ep, "succeeded").await;
+        assert_eq!(d["attempts"], 2, "{d}");
+        assert_eq!(d["batch_id"], requests[0].webhook_id(), "{d}");
+    }
+}
