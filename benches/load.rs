@@ -315,15 +315,15 @@ fn single_body() -> Bytes {
 }
 
 fn batch_body() -> Bytes {
+    typed_batch_body("ticket.created")
+}
+
+fn typed_batch_body(event_type: &str) -> Bytes {
     let pad = "x".repeat(430);
     let t = now_micros();
-    let events: Vec<String> = (0..100)
-        .map(|_| {
-            format!(
-                r#"{{"type":"ticket.created","channels":["client_42"],"payload":{{"t":{t},"pad":"{pad}"}}}}"#
-            )
-        })
-        .collect();
+    let event =
+        format!(r#"{{"type":"{event_type}","channels":["client_42"],"payload":{{"t":{t},"pad":"{pad}"}}}}"#);
+    let events = vec![event; 100];
     Bytes::from(format!(r#"{{"events":[{}]}}"#, events.join(",")))
 }
 
@@ -405,21 +405,7 @@ async fn run(opts: Opts) -> Res<()> {
     let backlog: u64 = if opts.quick { 5_000 } else { 50_000 };
     let endpoint =
         create_endpoint(daemon.addr, &sink, 0, false).await.map_err(|e| format!("create endpoint: {e}"))?;
-    let mut send = connection(daemon.addr).await.map_err(|e| format!("backlog connection: {e}"))?;
-    for i in 0..backlog / 100 {
-        let req = Request::builder()
-            .method("POST")
-            .uri("/v1/tenants/bench/events/batch")
-            .header("host", daemon.addr.to_string())
-            .header("authorization", format!("Bearer {TOKEN}"))
-            .body(Full::new(batch_body()))?;
-        send.ready().await?;
-        let resp = send.send_request(req).await.map_err(|e| format!("backlog ingest request {i}: {e:?}"))?;
-        if !resp.status().is_success() {
-            return Err(format!("backlog ingest: {}", resp.status()).into());
-        }
-        let _ = resp.into_body().collect().await;
-    }
+    ingest_backlog(daemon.addr, backlog, "ticket.created").await?;
     let (s, b) = admin(
         daemon.addr,
         "PATCH",
@@ -438,6 +424,33 @@ async fn run(opts: Opts) -> Res<()> {
     );
 
     println!("{:<44} {:>9.1} MiB", "  daemon RSS now", rss_mib(daemon.child.id()));
+    // 3b. Batched delivery alone: 100 events per request, from a backlog of another type.
+    sink.reset().await;
+    let batched_backlog = backlog * 4;
+    let body = format!(
+        r#"{{"url":"http://{}/batch","event_types":["order.created"],"max_in_flight":16,"enabled":false,"batch":{{"max_events":100,"max_wait_ms":50}}}}"#,
+        sink.addr
+    );
+    let (s, b) = admin(daemon.addr, "POST", "/v1/tenants/bench/endpoints", body).await?;
+    if s != 201 {
+        return Err(format!("create batch endpoint: {s} {b}").into());
+    }
+    let batch_ep =
+        serde_json::from_str::<serde_json::Value>(&b)?["id"].as_str().unwrap_or_default().to_owned();
+    ingest_backlog(daemon.addr, batched_backlog, "order.created").await?;
+    let path = format!("/v1/tenants/bench/endpoints/{batch_ep}");
+    let (s, b) = admin(daemon.addr, "PATCH", &path, r#"{"enabled":true}"#.into()).await?;
+    if s != 200 {
+        return Err(format!("enable batch endpoint: {s} {b}").into());
+    }
+    let limit = Duration::from_secs(if opts.quick { 30 } else { 180 });
+    let (delivered, rate) = drain(&sink, batched_backlog, limit).await;
+    println!(
+        "{:<44} {rate:>10.0} /s   ({delivered} of {batched_backlog} events, 100 per request)",
+        "delivery: batched events from a backlog"
+    );
+    println!("{:<44} {:>9.1} MiB", "  daemon RSS now", rss_mib(daemon.child.id()));
+
     // 4. Both at once: ingest with one live endpoint; ingest→receipt latency under saturating load.
     sink.reset().await;
     let mut r =
@@ -460,6 +473,26 @@ async fn run(opts: Opts) -> Res<()> {
     );
     println!("{:<44} {:>9.1} MiB", "daemon peak RSS", peak_rss_mib(daemon.child.id()));
     let _ = daemon.child.kill().await;
+    Ok(())
+}
+
+/// Ingests `events` events of `event_type` in batches of 100 on one connection.
+async fn ingest_backlog(addr: SocketAddr, events: u64, event_type: &str) -> Res<()> {
+    let mut send = connection(addr).await.map_err(|e| format!("backlog connection: {e}"))?;
+    for i in 0..events / 100 {
+        let req = Request::builder()
+            .method("POST")
+            .uri("/v1/tenants/bench/events/batch")
+            .header("host", addr.to_string())
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .body(Full::new(typed_batch_body(event_type)))?;
+        send.ready().await?;
+        let resp = send.send_request(req).await.map_err(|e| format!("backlog ingest request {i}: {e:?}"))?;
+        if !resp.status().is_success() {
+            return Err(format!("backlog ingest: {}", resp.status()).into());
+        }
+        let _ = resp.into_body().collect().await;
+    }
     Ok(())
 }
 
