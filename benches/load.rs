@@ -471,9 +471,65 @@ async fn run(opts: Opts) -> Res<()> {
         pct(&lat, 0.5),
         pct(&lat, 0.99)
     );
+    // 5. Latency at a steady 1,000 events/s (open loop: requests are sent on schedule, not as fast as
+    //    answers come back), one live endpoint.
+    let _ = drain(&sink, u64::MAX, Duration::from_secs(2)).await; // let phase 4's backlog settle
+    sink.reset().await;
+    let sent = steady(daemon.addr, 1_000, opts.secs).await?;
+    let (delivered, _) = drain(&sink, sent, Duration::from_secs(30)).await;
+    let mut lat = sink.latencies.lock().await.clone();
+    lat.sort_unstable();
+    println!(
+        "{:<44} p50 {:>7.2} ms   p99 {:>7.2} ms   ({delivered} of {sent} delivered)",
+        "steady 1,000 events/s: ingest→receipt",
+        pct(&lat, 0.5),
+        pct(&lat, 0.99)
+    );
     println!("{:<44} {:>9.1} MiB", "daemon peak RSS", peak_rss_mib(daemon.child.id()));
     let _ = daemon.child.kill().await;
     Ok(())
+}
+
+/// Sends `rate` single events per second for `secs` on 8 connections, each on its own schedule.
+/// Returns how many were acknowledged.
+async fn steady(addr: SocketAddr, rate: u64, secs: u64) -> Res<u64> {
+    const CONNS: u64 = 8;
+    let period = Duration::from_micros(1_000_000 * CONNS / rate.max(1));
+    let mut tasks = Vec::new();
+    for _ in 0..CONNS {
+        let mut send = connection(addr).await?;
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let end = Instant::now() + Duration::from_secs(secs);
+            let mut ok = 0u64;
+            while Instant::now() < end {
+                tick.tick().await;
+                let Ok(req) = Request::builder()
+                    .method("POST")
+                    .uri("/v1/tenants/bench/events")
+                    .header("host", addr.to_string())
+                    .header("authorization", format!("Bearer {TOKEN}"))
+                    .body(Full::new(single_body()))
+                else {
+                    break;
+                };
+                if send.ready().await.is_err() {
+                    break;
+                }
+                if let Ok(resp) = send.send_request(req).await {
+                    ok += u64::from(resp.status().is_success());
+                    let _ = resp.into_body().collect().await;
+                }
+            }
+            ok
+        }));
+    }
+    let mut sent = 0;
+    for t in tasks {
+        sent += t.await?;
+    }
+    Ok(sent)
 }
 
 /// Ingests `events` events of `event_type` in batches of 100 on one connection.

@@ -135,10 +135,21 @@ impl Dispatcher {
             }
             let wake_at = if active { self.next_wake(&entry) } else { None };
             tokio::select! {
-                Some(joined) = self.in_flight.join_next(), if !self.in_flight.is_empty() => match joined {
-                    Ok(done) => self.finish(done, &entry),
-                    Err(e) => tracing::error!(endpoint = %EndpointId(self.endpoint), error = %e, "attempt task failed"),
-                },
+                Some(joined) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
+                    // Every attempt that has finished by now is recorded in one store write.
+                    let mut finished = Vec::with_capacity(self.in_flight.len() + 1);
+                    let mut next = Some(joined);
+                    while let Some(joined) = next {
+                        match joined {
+                            Ok(done) => finished.push(done),
+                            Err(e) => {
+                                tracing::error!(endpoint = %EndpointId(self.endpoint), error = %e, "attempt task failed")
+                            }
+                        }
+                        next = self.in_flight.try_join_next();
+                    }
+                    self.finish(finished, &entry);
+                }
                 () = self.feed.notified() => {}
                 _ = changes.changed() => {}
                 () = sleep_until(wake_at), if wake_at.is_some() => {}
@@ -420,21 +431,65 @@ impl Dispatcher {
         });
     }
 
-    /// Records a finished attempt and decides what comes next for its delivery.
-    fn finish(&mut self, done: Done, entry: &EndpointEntry) {
+    /// Records finished attempts and decides what comes next for each delivery, in one store write.
+    fn finish(&mut self, finished: Vec<Done>, entry: &EndpointEntry) {
         let now = crate::time::now_ms();
         let policy = entry.record.retry;
-        let (succeeded, retry_after, disable) = match &done.verdict {
+        let mut outcomes = Vec::with_capacity(finished.len());
+        let mut disable = false;
+        for done in finished {
+            let (change, gone) =
+                self.outcome(done.job, &done.verdict, done.attempt_id, &done.attempt, &policy, now);
+            disable |= gone;
+            outcomes.push((done.attempt_id, done.attempt, change));
+        }
+        let moved = self.advance_cursor();
+        let last = outcomes.len().saturating_sub(1);
+        let writes: Vec<AttemptOutcomeWrite<'_>> = outcomes
+            .iter()
+            .enumerate()
+            .map(|(i, (attempt_id, attempt, change))| AttemptOutcomeWrite {
+                tenant: self.tenant,
+                endpoint: self.endpoint,
+                attempt_id: *attempt_id,
+                attempt,
+                delivery: change,
+                cursor: (moved && i == last).then_some(self.cursor),
+            })
+            .collect();
+        match self.shared.store.write_attempt_outcomes(&writes) {
+            Ok(()) => {
+                if moved {
+                    self.persisted_cursor = self.cursor;
+                    self.last_persist = Instant::now();
+                }
+            }
+            Err(e) => {
+                tracing::error!(endpoint = %EndpointId(self.endpoint), error = %e, "cannot record attempts")
+            }
+        }
+        if disable {
+            self.disable("the endpoint answered 410 Gone");
+        }
+    }
+
+    /// What one finished attempt changes for its delivery; also whether the endpoint is gone (410).
+    fn outcome(
+        &mut self,
+        job: Job,
+        verdict: &Verdict,
+        attempt_id: u64,
+        attempt: &AttemptRecord,
+        policy: &RetryPolicy,
+        now: u64,
+    ) -> (DeliveryChange, bool) {
+        let (succeeded, retry_after, disable) = match verdict {
             Verdict::Success => (true, None, false),
             Verdict::Retry { retry_after, .. } => (false, *retry_after, false),
             Verdict::RetryAndDisable { .. } => (false, None, true),
         };
-        crate::metrics::attempt(
-            succeeded,
-            done.attempt.status_code,
-            Duration::from_millis(done.attempt.duration_ms),
-        );
-        let change = match done.job {
+        crate::metrics::attempt(succeeded, attempt.status_code, Duration::from_millis(attempt.duration_ms));
+        let change = match job {
             Job::First { events, batch_id } => {
                 for e in &events {
                     self.pending.remove(e);
@@ -453,55 +508,15 @@ impl Dispatcher {
                         created_at: now,
                         updated_at: now,
                     };
-                    self.next_step(
-                        record,
-                        webhook_id,
-                        None,
-                        done.attempt_id,
-                        &policy,
-                        false,
-                        retry_after,
-                        now,
-                    )
+                    self.next_step(record, webhook_id, None, attempt_id, policy, false, retry_after, now)
                 }
             }
             Job::Retry { webhook_id, due, record } => {
                 self.retrying.remove(&webhook_id);
-                self.next_step(
-                    record,
-                    webhook_id,
-                    Some(due),
-                    done.attempt_id,
-                    &policy,
-                    succeeded,
-                    retry_after,
-                    now,
-                )
+                self.next_step(record, webhook_id, Some(due), attempt_id, policy, succeeded, retry_after, now)
             }
         };
-        let moved = self.advance_cursor();
-        let write = AttemptOutcomeWrite {
-            tenant: self.tenant,
-            endpoint: self.endpoint,
-            attempt_id: done.attempt_id,
-            attempt: &done.attempt,
-            delivery: change,
-            cursor: moved.then_some(self.cursor),
-        };
-        match self.shared.store.write_attempt_outcome(&write) {
-            Ok(()) => {
-                if moved {
-                    self.persisted_cursor = self.cursor;
-                    self.last_persist = Instant::now();
-                }
-            }
-            Err(e) => {
-                tracing::error!(endpoint = %EndpointId(self.endpoint), error = %e, "cannot record an attempt")
-            }
-        }
-        if disable {
-            self.disable("the endpoint answered 410 Gone");
-        }
+        (change, disable)
     }
 
     /// The delivery's state after an attempt: succeeded, retry at a time, or failed for good.

@@ -20,7 +20,7 @@ pub struct AttemptOutcomeWrite<'a> {
     pub endpoint: u64,
     pub attempt_id: u64,
     pub attempt: &'a AttemptRecord,
-    pub delivery: DeliveryChange,
+    pub delivery: &'a DeliveryChange,
     /// The endpoint's new cursor, when it moved.
     pub cursor: Option<u64>,
 }
@@ -38,29 +38,15 @@ const MAX_SCANNED_PER_PAGE: usize = 100_000;
 
 impl Store {
     pub fn write_attempt_outcome(&self, w: &AttemptOutcomeWrite<'_>) -> Result<(), StoreError> {
+        self.write_attempt_outcomes(std::slice::from_ref(w))
+    }
+
+    /// Several outcomes (of one endpoint's attempts that finished together) as one atomic sled batch:
+    /// sled's cost is per write, so a dispatcher that finishes many attempts at once pays once.
+    pub fn write_attempt_outcomes(&self, writes: &[AttemptOutcomeWrite<'_>]) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
-        batch.insert(&keys::two(keys::ATTEMPT, w.tenant, w.attempt_id), records::encode(w.attempt)?);
-        batch.insert(&keys::two(keys::ATTEMPT_BY_ENDPOINT, w.endpoint, w.attempt_id), &[]);
-        if let DeliveryChange::Put { webhook_id, record, old_due, new_due } = &w.delivery {
-            batch.insert(&keys::two(keys::DELIVERY, w.endpoint, *webhook_id), records::encode(record)?);
-            // A batch's state is under its batch id; the first time it is stored (its first failure),
-            // each event gets a pointer to it so that the event's own detail can find it.
-            if let (Some(batch_id), None) = (record.batch_id, old_due)
-                && record.attempts == 1
-            {
-                for ev in &record.events {
-                    batch.insert(&keys::two(keys::BATCH_OF, w.endpoint, *ev), &batch_id.to_be_bytes());
-                }
-            }
-            if let Some(due) = old_due {
-                batch.remove(&keys::three(keys::QUEUE, w.endpoint, *due, *webhook_id));
-            }
-            if let Some(due) = new_due {
-                batch.insert(&keys::three(keys::QUEUE, w.endpoint, *due, *webhook_id), &[]);
-            }
-        }
-        if let Some(c) = w.cursor {
-            batch.insert(&keys::one(keys::CURSOR, w.endpoint), &c.to_be_bytes());
+        for w in writes {
+            add_outcome(&mut batch, w)?;
         }
         self.inner.state.apply_batch(batch)?;
         self.mark_state_dirty();
@@ -165,4 +151,32 @@ impl Store {
         }
         Ok((out, None))
     }
+}
+
+/// Adds what one attempt changes to a sled batch.
+fn add_outcome(batch: &mut sled::Batch, w: &AttemptOutcomeWrite<'_>) -> Result<(), StoreError> {
+    batch.insert(&keys::two(keys::ATTEMPT, w.tenant, w.attempt_id), records::encode(w.attempt)?);
+    batch.insert(&keys::two(keys::ATTEMPT_BY_ENDPOINT, w.endpoint, w.attempt_id), &[]);
+    if let DeliveryChange::Put { webhook_id, record, old_due, new_due } = &w.delivery {
+        batch.insert(&keys::two(keys::DELIVERY, w.endpoint, *webhook_id), records::encode(record)?);
+        // A batch's state is under its batch id; the first time it is stored (its first failure),
+        // each event gets a pointer to it so that the event's own detail can find it.
+        if let (Some(batch_id), None) = (record.batch_id, old_due)
+            && record.attempts == 1
+        {
+            for ev in &record.events {
+                batch.insert(&keys::two(keys::BATCH_OF, w.endpoint, *ev), &batch_id.to_be_bytes());
+            }
+        }
+        if let Some(due) = old_due {
+            batch.remove(&keys::three(keys::QUEUE, w.endpoint, *due, *webhook_id));
+        }
+        if let Some(due) = new_due {
+            batch.insert(&keys::three(keys::QUEUE, w.endpoint, *due, *webhook_id), &[]);
+        }
+    }
+    if let Some(c) = w.cursor {
+        batch.insert(&keys::one(keys::CURSOR, w.endpoint), &c.to_be_bytes());
+    }
+    Ok(())
 }
