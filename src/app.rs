@@ -58,6 +58,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         ids: ids.clone(),
         user_agent: http::HeaderValue::from_str(&user_agent())
             .unwrap_or(http::HeaderValue::from_static("hookd")),
+        committed_upto: std::sync::atomic::AtomicU64::new(store.max_event_id()?),
         routed_upto: Default::default(),
         shutdown: stop_dispatch.clone(),
     });

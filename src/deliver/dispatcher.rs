@@ -263,7 +263,12 @@ impl Dispatcher {
 
     /// Reads the log from `from` into the backlog (a bounded chunk), then tells the feed how far it got.
     fn read_log(&mut self, from: u64) {
+        // Every event up to `head` was in the log before this read began (the router publishes it
+        // after the write): a read that reaches the end of the tenant's log has covered all of them,
+        // whichever tenant the latest ones belong to.
+        let head = self.shared.committed_upto.load(Ordering::Acquire);
         let mut scanned_to = from.saturating_sub(1);
+        let mut exhausted = true;
         for item in self.shared.store.records_from(self.tenant, from) {
             let (first, record) = match item {
                 Ok(r) => r,
@@ -284,8 +289,12 @@ impl Dispatcher {
                 }
             }
             if self.backlog.len() >= CATCH_UP_CHUNK {
+                exhausted = false;
                 break;
             }
+        }
+        if exhausted {
+            scanned_to = scanned_to.max(head);
         }
         self.read_pos = self.read_pos.max(scanned_to);
         self.feed.catch_up_done(scanned_to);

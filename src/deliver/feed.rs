@@ -56,8 +56,8 @@ pub struct Feed {
 }
 
 impl Feed {
-    /// A feed that starts by reading the log after `cursor`, at least up to `log_head` (the largest id
-    /// handed out when the feed was made: events stored before the feed existed were never pushed, so
+    /// A feed that starts by reading the log after `cursor`, at least up to `log_head` (the largest event
+    /// id in the log when the feed was made: events stored before the feed existed were never pushed, so
     /// the read must cover them before the feed can go live).
     pub fn lagging_after(cursor: u64, log_head: u64) -> Feed {
         Feed {

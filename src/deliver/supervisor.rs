@@ -28,6 +28,8 @@ pub struct Shared {
     pub client: HttpClient,
     pub ids: Arc<IdGen>,
     pub user_agent: http::HeaderValue,
+    /// Every event with an id up to this is in the log (set by the router before it pushes).
+    pub committed_upto: AtomicU64,
     /// Every event with an id up to this has been routed (pushed to its feeds).
     pub routed_upto: AtomicU64,
     pub shutdown: CancellationToken,
@@ -42,6 +44,13 @@ pub struct Router {
 
 impl Router {
     pub fn route(&self, committed: &[CommittedRecord]) {
+        let last = committed
+            .iter()
+            .filter_map(|c| c.record.events.len().checked_sub(1).map(|n| c.first_id + n as u64))
+            .max();
+        if let Some(last) = last {
+            self.shared.committed_upto.fetch_max(last, Ordering::AcqRel);
+        }
         let feeds = self.feeds.load();
         let mut upto = 0;
         for c in committed {
@@ -128,7 +137,8 @@ impl Supervisor {
                     continue;
                 }
             };
-            let feed = Arc::new(Feed::lagging_after(cursor, self.shared.ids.last()));
+            let feed =
+                Arc::new(Feed::lagging_after(cursor, self.shared.committed_upto.load(Ordering::Acquire)));
             next.insert(id, feed.clone());
             started.push((entry.record.id, entry.record.tenant_serial, feed, cursor));
         }

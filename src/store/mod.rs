@@ -174,6 +174,22 @@ impl Store {
         Ok(max)
     }
 
+    /// The largest event id in the log (0 when empty): where the log's head was at start.
+    pub fn max_event_id(&self) -> Result<u64, StoreError> {
+        let mut max = 0u64;
+        for tenant in self.tenant_serials()? {
+            let Some(item) = self.inner.log.scan_prefix(keys::tenant_prefix(keys::LOG, tenant)).next_back()
+            else {
+                continue;
+            };
+            let (k, v) = item?;
+            let record: crate::model::LogRecord = records::decode(&k, &v)?;
+            let last = keys::trailing_u64(&k) + record.events.len().saturating_sub(1) as u64;
+            max = max.max(last);
+        }
+        Ok(max)
+    }
+
     /// Bytes the database uses on disk.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
         Ok(self.inner.db.size_on_disk()?)
