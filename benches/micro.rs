@@ -115,6 +115,15 @@ fn routing(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("endpoints", n), &reg, |b, reg| {
             b.iter(|| reg.route(1, black_box("type_7.created"), black_box(&channels)))
         });
+        // What routing's index costs a config write: the registry is copied, one endpoint changes.
+        let changed = endpoint(n / 2 + 1, vec!["type_3.created".into()], vec!["client_3".into()]);
+        g.bench_with_input(BenchmarkId::new("write_one_of", n), &reg, |b, reg| {
+            b.iter(|| {
+                let mut next = reg.clone();
+                next.put_endpoint(black_box(changed.clone()));
+                next
+            })
+        });
     }
     g.finish();
 }
