@@ -3,7 +3,6 @@
 //! `cargo bench --bench micro` (add `-- --quick` for a fast pass). Numbers go into the closing notes with
 //! the machine's conditions; nothing here asserts a time.
 
-use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::sync::Arc;
 
@@ -12,7 +11,7 @@ use hookd::config::Durability;
 use hookd::deliver::request;
 use hookd::deliver::sign::{Secret, sign};
 use hookd::ids::IdGen;
-use hookd::model::{EndpointRecord, EventRecord, HttpMethod, LogRecord, PayloadFormat, RetryPolicy};
+use hookd::model::{EndpointRecord, EventRecord, LogRecord};
 use hookd::registry::Registry;
 use hookd::store::{Committer, PreparedEvent, Store, StoreSettings, records};
 
@@ -37,33 +36,8 @@ fn event() -> EventRecord {
 }
 
 fn endpoint(id: u64, types: Vec<String>, channels: Vec<String>) -> EndpointRecord {
-    EndpointRecord {
-        id,
-        tenant_serial: 1,
-        name: String::new(),
-        description: String::new(),
-        url: "https://example.com/hook".into(),
-        method: HttpMethod::Post,
-        format: PayloadFormat::Json,
-        event_types: types,
-        channels,
-        filter: None,
-        payload_template: None,
-        headers: BTreeMap::new(),
-        secret: Secret::generate().to_whsec(),
-        retired_secrets: Vec::new(),
-        rate_limit: None,
-        max_in_flight: 8,
-        batch: None,
-        retry: RetryPolicy::default(),
-        ordered: false,
-        verify_tls: true,
-        timeout_ms: 15_000,
-        enabled: true,
-        disabled_reason: None,
-        created_at: 0,
-        updated_at: 0,
-    }
+    let secret = Secret::generate().to_whsec();
+    EndpointRecord::with_defaults(id, 1, "https://example.com/hook".into(), secret, types, channels)
 }
 
 fn signing(c: &mut Criterion) {

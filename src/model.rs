@@ -126,6 +126,48 @@ pub struct EndpointRecord {
     pub updated_at: u64,
 }
 
+impl EndpointRecord {
+    /// An enabled endpoint with the documented defaults, `secret` as given, subscribed to these types and
+    /// channels. The API validates and fills in what a client sends; benchmarks and tests build their
+    /// endpoints here.
+    pub fn with_defaults(
+        id: u64,
+        tenant_serial: u64,
+        url: String,
+        secret: String,
+        event_types: Vec<String>,
+        channels: Vec<String>,
+    ) -> EndpointRecord {
+        EndpointRecord {
+            id,
+            tenant_serial,
+            name: String::new(),
+            description: String::new(),
+            url,
+            method: HttpMethod::default(),
+            format: PayloadFormat::default(),
+            event_types,
+            channels,
+            filter: None,
+            payload_template: None,
+            headers: BTreeMap::new(),
+            secret,
+            retired_secrets: Vec::new(),
+            rate_limit: None,
+            max_in_flight: 8,
+            batch: None,
+            retry: RetryPolicy::default(),
+            ordered: false,
+            verify_tls: true,
+            timeout_ms: 15_000,
+            enabled: true,
+            disabled_reason: None,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+}
+
 /// An entry of the event catalog.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventTypeRecord {

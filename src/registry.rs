@@ -284,33 +284,15 @@ mod tests {
         event_types: Vec<String>,
         channels: Vec<String>,
     ) -> EndpointRecord {
-        EndpointRecord {
+        let secret = Secret::generate().to_whsec();
+        EndpointRecord::with_defaults(
             id,
             tenant_serial,
-            name: String::new(),
-            description: String::new(),
-            url: "https://example.com/hook".into(),
-            method: Default::default(),
-            format: Default::default(),
+            "https://example.com/hook".into(),
+            secret,
             event_types,
             channels,
-            filter: None,
-            payload_template: None,
-            headers: BTreeMap::new(),
-            secret: Secret::generate().to_whsec(),
-            retired_secrets: Vec::new(),
-            rate_limit: None,
-            max_in_flight: 8,
-            batch: None,
-            retry: Default::default(),
-            ordered: false,
-            verify_tls: true,
-            timeout_ms: 15_000,
-            enabled: true,
-            disabled_reason: None,
-            created_at: 0,
-            updated_at: 0,
-        }
+        )
     }
 
     fn tenant(serial: u64) -> TenantRecord {
