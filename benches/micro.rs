@@ -10,10 +10,13 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use hookd::config::Durability;
 use hookd::deliver::request;
 use hookd::deliver::sign::{Secret, sign};
+use hookd::filter::Filter;
 use hookd::ids::IdGen;
 use hookd::model::{EndpointRecord, EventRecord, LogRecord};
 use hookd::registry::Registry;
+use hookd::route::Payload;
 use hookd::store::{Committer, PreparedEvent, Store, StoreSettings, records};
+use hookd::template::{PayloadTemplate, UrlTemplate};
 
 fn payload_500() -> String {
     let mut p = String::from(r#"{"ticket":{"id":"T-1","customer":"client_42","lines":["#);
@@ -86,8 +89,28 @@ fn routing(c: &mut Criterion) {
             reg.put_endpoint(endpoint(i + 1, types, channels));
         }
         let channels = vec!["client_7".to_owned()];
+        let payload = Payload::new("{}");
         g.bench_with_input(BenchmarkId::new("endpoints", n), &reg, |b, reg| {
-            b.iter(|| reg.route(1, black_box("type_7.created"), black_box(&channels)))
+            b.iter(|| reg.route(1, black_box("type_7.created"), black_box(&channels), &payload))
+        });
+        // The same tenant with a payload filter on every endpoint: the event's payload is parsed once
+        // (a fresh `Payload` per event, as ingest does) and each matching endpoint's filter evaluated.
+        let mut filtered = Registry::default();
+        for e in reg.tenant_endpoints(1) {
+            let mut rec = e.record.clone();
+            rec.filter = Some(if rec.id % 2 == 0 {
+                "role=MEMBER;addresses(is_main).zip_code=13.*".into()
+            } else {
+                "indicators(*).value=true".into()
+            });
+            filtered.put_endpoint(rec);
+        }
+        let text = contact_payload();
+        g.bench_with_input(BenchmarkId::new("filtered_endpoints", n), &filtered, |b, reg| {
+            b.iter(|| {
+                let payload = Payload::new(black_box(&text));
+                reg.route(1, black_box("type_7.created"), black_box(&channels), &payload)
+            })
         });
         // What routing's index costs a config write: the registry is copied, one endpoint changes.
         let changed = endpoint(n / 2 + 1, vec!["type_3.created".into()], vec!["client_3".into()]);
@@ -99,6 +122,58 @@ fn routing(c: &mut Criterion) {
             })
         });
     }
+    g.finish();
+}
+
+/// A contact as a ticketing platform sends it, ~500 bytes.
+fn contact_payload() -> String {
+    serde_json::json!({
+        "contact_number": "C-0042-7781", "role": "MEMBER", "first_name": "Zoé", "last_name": "Martin",
+        "email": "zoe.martin@example.com", "phone": "+33 6 12 34 56 78",
+        "addresses": [
+            {"is_main": false, "street": "1 rue de Rivoli", "zip_code": "75001", "city": "Paris"},
+            {"is_main": true, "street": "12 quai du Port", "zip_code": "13002", "city": "Marseille"},
+        ],
+        "indicators": [{"name": "newsletter", "value": false}, {"name": "vip", "value": true}],
+        "updated_at": "2026-11-23T10:00:00Z",
+    })
+    .to_string()
+}
+
+fn filters_and_templates(c: &mut Criterion) {
+    let text = contact_payload();
+    let Ok(data) = serde_json::from_str::<serde_json::Value>(&text) else { panic!("payload") };
+    let mut g = c.benchmark_group("filter");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("parse_payload_500B", |b| {
+        b.iter(|| serde_json::from_str::<serde_json::Value>(black_box(&text)))
+    });
+    for (name, text) in [
+        ("eq", "role=MEMBER"),
+        ("flagged_element", "role=MEMBER;addresses(is_main).zip_code=13.*"),
+        ("any_element", "indicators(*).value=true"),
+    ] {
+        let Ok(filter) = Filter::parse(text) else { panic!("filter {text}") };
+        g.bench_function(BenchmarkId::new("match", name), |b| b.iter(|| filter.matches(black_box(&data))));
+    }
+    g.finish();
+    let event = serde_json::json!({
+        "id": "evt_0123456789abc", "type": "contact.updated", "timestamp": "2026-11-23T10:00:00Z",
+        "channels": ["client_42"], "data": data,
+    });
+    let mut g = c.benchmark_group("template");
+    g.throughput(Throughput::Elements(1));
+    let Ok(url) = UrlTemplate::parse("https://erp.example.com/contacts/${data.contact_number}?t=${type}")
+    else {
+        panic!("url template")
+    };
+    g.bench_function("render_url", |b| b.iter(|| url.render(black_box(&event))));
+    let Ok(body) = PayloadTemplate::parse(
+        r#"{"to": "${data.phone}", "text": "Hello ${data.first_name}, your contact ${data.contact_number} changed", "addresses": ${data.addresses}}"#,
+    ) else {
+        panic!("payload template")
+    };
+    g.bench_function("render_payload", |b| b.iter(|| body.render(black_box(&event))));
     g.finish();
 }
 
@@ -160,6 +235,6 @@ fn group_commit(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).measurement_time(std::time::Duration::from_secs(3));
-    targets = signing, encoding, routing, group_commit
+    targets = signing, encoding, routing, filters_and_templates, group_commit
 }
 criterion_main!(benches);

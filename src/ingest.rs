@@ -9,6 +9,7 @@ use serde_json::value::RawValue;
 use crate::api::extract::parse_json;
 use crate::api::problem::{FieldError, Problem};
 use crate::registry::Registry;
+use crate::route::Payload;
 use crate::store::PreparedEvent;
 
 /// Limits on an event's fields.
@@ -126,18 +127,81 @@ fn validate(ev: &EventIn, prefix: &str, errors: &mut Vec<FieldError>) {
     }
 }
 
-/// Routes a parsed event and prepares it for the log.
-pub fn prepare(registry: &Registry, tenant: u64, ev: EventIn) -> PreparedEvent {
+/// Checks a parsed event's payload against its type's schema, routes it and prepares it for the log.
+/// Schema violations go to `errors`, each field named `payload` (`events[i].payload` for event `i` of a
+/// batch) plus a JSON Pointer into it: `events[3].payload/seats/1`.
+pub fn prepare(
+    registry: &Registry,
+    tenant: u64,
+    ev: EventIn,
+    batch_index: Option<usize>,
+    errors: &mut Vec<FieldError>,
+) -> Option<PreparedEvent> {
+    let field = |pointer: &str| match batch_index {
+        Some(i) => format!("events[{i}].payload{pointer}"),
+        None => format!("payload{pointer}"),
+    };
+    let text = ev.payload.get().trim();
+    let payload = Payload::new(text);
+    if let Some(schema) = registry.schema(&ev.event_type) {
+        match payload.value() {
+            Some(v) if schema.is_valid(v) => {}
+            Some(v) => {
+                for violation in schema.violations(v) {
+                    errors.push(FieldError::new(
+                        field(&violation.pointer),
+                        format!("does not satisfy the schema of `{}`: {}", ev.event_type, violation.message),
+                    ));
+                }
+                return None;
+            }
+            None => {
+                errors.push(FieldError::new(field(""), "not a JSON object"));
+                return None;
+            }
+        }
+    }
     let mut channels = ev.channels;
     channels.sort_unstable();
     channels.dedup();
-    let routes = registry.route(tenant, &ev.event_type, &channels);
-    PreparedEvent {
+    let routes = registry.route(tenant, &ev.event_type, &channels, &payload);
+    Some(PreparedEvent {
         event_type: ev.event_type,
         channels,
-        payload: ev.payload.get().trim().to_owned(),
+        payload: text.to_owned(),
         idempotency_key: ev.idempotency_key,
         routes,
+    })
+}
+
+/// [`prepare`] for a batch: every event, or a 422 listing what is wrong with which (at most 100 fields).
+pub fn prepare_batch(
+    registry: &Registry,
+    tenant: u64,
+    batch: BatchIn,
+) -> Result<Vec<PreparedEvent>, Problem> {
+    let mut errors = Vec::new();
+    let mut prepared = Vec::with_capacity(batch.events.len());
+    for (i, ev) in batch.events.into_iter().enumerate() {
+        // Past the first error only the errors matter, and only while there is room to list them.
+        if let Some(p) = prepare(registry, tenant, ev, Some(i), &mut errors)
+            && errors.is_empty()
+        {
+            prepared.push(p);
+        }
+        if errors.len() >= 100 {
+            break;
+        }
+    }
+    if errors.is_empty() { Ok(prepared) } else { Err(Problem::invalid(errors)) }
+}
+
+/// [`prepare`] for a single event.
+pub fn prepare_one(registry: &Registry, tenant: u64, ev: EventIn) -> Result<PreparedEvent, Problem> {
+    let mut errors = Vec::new();
+    match prepare(registry, tenant, ev, None, &mut errors) {
+        Some(p) if errors.is_empty() => Ok(p),
+        _ => Err(Problem::invalid(errors)),
     }
 }
 

@@ -261,4 +261,8 @@ pub struct AttemptRecord {
     pub duration_ms: u64,
     pub attempt_number: u32,
     pub trigger: Trigger,
+    /// The body as sent, kept only when it cannot be rebuilt from the events (a rendered payload
+    /// template, which depends on the endpoint's template at the time); otherwise the history rebuilds it.
+    #[serde(default)]
+    pub request_body: Option<String>,
 }

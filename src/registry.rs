@@ -18,15 +18,23 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::deliver::sign::Secret;
+use crate::filter::Filter;
 use crate::model::{EndpointRecord, EventTypeRecord, TenantRecord};
-use crate::route::{RouteIndex, Subscription};
+use crate::route::{Payload, RouteIndex, Subscription};
+use crate::schema::PayloadSchema;
 use crate::store::{Store, StoreError};
+use crate::template::{PayloadTemplate, UrlTemplate};
 
 /// An endpoint as the pipeline uses it.
 #[derive(Debug)]
 pub struct EndpointEntry {
     pub record: EndpointRecord,
     pub subscription: Subscription,
+    /// The payload filter, compiled; `Err` when the stored text no longer parses (see [`Self::accepts`]).
+    pub filter: Option<Result<Filter, ()>>,
+    /// The URL, compiled, when it has placeholders.
+    pub url_template: Option<UrlTemplate>,
+    pub payload_template: Option<PayloadTemplate>,
     /// The current secret first, then retired ones still in their grace period.
     pub secrets: Vec<(Secret, Option<u64>)>,
 }
@@ -48,7 +56,49 @@ impl EndpointEntry {
                 ),
             }
         }
-        EndpointEntry { subscription: Subscription::new(&record), record, secrets }
+        let filter = record.filter.as_deref().map(|text| {
+            Filter::parse(text).map_err(|e| {
+                tracing::error!(
+                    endpoint = %crate::ids::EndpointId(record.id),
+                    error = %e,
+                    "stored payload filter does not parse; the endpoint receives nothing until it is fixed"
+                )
+            })
+        });
+        // Templates were validated when they were written. One that no longer parses is reported; the
+        // URL is then sent as written (and fails as a bad URL), the body in the standard shape.
+        let report = |what: &str, e: &dyn std::fmt::Display| {
+            tracing::error!(endpoint = %crate::ids::EndpointId(record.id), error = %e, "stored {what} does not parse");
+        };
+        let url_template = match UrlTemplate::parse(&record.url) {
+            Ok(t) => t.has_placeholders().then_some(t),
+            Err(e) => {
+                report("URL template", &e);
+                None
+            }
+        };
+        let payload_template = record.payload_template.as_deref().and_then(|text| {
+            PayloadTemplate::parse(text).inspect_err(|e| report("payload template", e)).ok()
+        });
+        EndpointEntry {
+            subscription: Subscription::new(&record),
+            filter,
+            url_template,
+            payload_template,
+            record,
+            secrets,
+        }
+    }
+
+    /// Does the payload pass the endpoint's filter (type and channels being already matched)? A filter
+    /// that no longer parses passes nothing: filters can keep data from a receiver, so failing closed is
+    /// the safe side.
+    pub fn accepts(&self, payload: &Payload) -> bool {
+        match &self.filter {
+            None => true,
+            Some(Ok(f)) => payload.value().is_some_and(|v| f.matches(v)),
+            Some(Err(())) => false,
+        }
     }
 
     /// The secrets that sign a request sent at `now_ms`.
@@ -67,6 +117,8 @@ pub struct Registry {
     /// By tenant serial; a tenant without endpoints has no entry.
     by_tenant: HashMap<u64, Arc<TenantEndpoints>>,
     event_types: BTreeMap<String, Arc<EventTypeRecord>>,
+    /// The compiled schemas of the event types that have one.
+    schemas: HashMap<String, Arc<PayloadSchema>>,
 }
 
 /// One tenant's endpoints.
@@ -137,15 +189,25 @@ impl Registry {
         self.event_types.values()
     }
 
-    /// The endpoints of `tenant` an event of this type and these channels goes to, ascending.
-    pub fn route(&self, tenant: u64, event_type: &str, channels: &[String]) -> Vec<u64> {
+    /// The schema payloads of this type must satisfy, if the catalog gives one.
+    pub fn schema(&self, event_type: &str) -> Option<&Arc<PayloadSchema>> {
+        self.schemas.get(event_type)
+    }
+
+    /// The endpoints of `tenant` an event of this type, on these channels, with this payload goes to,
+    /// ascending.
+    pub fn route(&self, tenant: u64, event_type: &str, channels: &[String], payload: &Payload) -> Vec<u64> {
         let Some(t) = self.by_tenant.get(&tenant) else { return Vec::new() };
         let matches = t.routes.matching(event_type, channels);
         let mut out = Vec::with_capacity(matches.size_hint().1.unwrap_or(0));
-        // The index has matched type and channels, and yields each such endpoint once, with its entry.
-        // A check that needs the event itself (payload filters, issue 4) goes here, as a `.filter` on the
-        // entry's subscription. (`for_each`, not `collect`: it merges run by run.)
-        matches.for_each(|(id, _entry)| out.push(*id));
+        // The index has matched type and channels, and yields each such endpoint once, with its entry;
+        // what is left is the payload filter of the few that have one. (`for_each`, not `collect`: it
+        // merges run by run.)
+        matches.for_each(|(id, entry)| {
+            if entry.accepts(payload) {
+                out.push(*id);
+            }
+        });
         out
     }
 
@@ -191,12 +253,18 @@ impl Registry {
         }
     }
 
-    pub fn put_event_type(&mut self, t: EventTypeRecord) {
+    /// Adds or replaces a catalog entry; `schema` is its schema, compiled (`None` when it has none).
+    pub fn put_event_type(&mut self, t: EventTypeRecord, schema: Option<PayloadSchema>) {
+        match schema {
+            Some(s) => self.schemas.insert(t.name.clone(), Arc::new(s)),
+            None => self.schemas.remove(&t.name),
+        };
         self.event_types.insert(t.name.clone(), Arc::new(t));
     }
 
     pub fn remove_event_type(&mut self, name: &str) {
         self.event_types.remove(name);
+        self.schemas.remove(name);
     }
 }
 
@@ -226,7 +294,16 @@ impl RegistryHandle {
             reg.put_endpoint(e);
         }
         for t in store.event_types()? {
-            reg.put_event_type(t);
+            // Schemas were compiled when they were written; one that no longer compiles (a damaged
+            // record) leaves its type unchecked rather than refusing every event of it.
+            let schema = t.schema.as_deref().and_then(|text| {
+                PayloadSchema::compile_text(text)
+                    .inspect_err(|e| {
+                        tracing::error!(event_type = %t.name, error = %e, "stored schema does not compile")
+                    })
+                    .ok()
+            });
+            reg.put_event_type(t, schema);
         }
         let (changes, _) = watch::channel(0);
         Ok(RegistryHandle {
@@ -377,7 +454,7 @@ mod tests {
         fn check(&self, reg: &Registry, events: &[(u64, String, Vec<String>)]) -> Result<(), TestCaseError> {
             for (tenant, event_type, channels) in events {
                 prop_assert_eq!(
-                    reg.route(*tenant, event_type, channels),
+                    reg.route(*tenant, event_type, channels, &Payload::new("{}")),
                     self.route(*tenant, event_type, channels)
                 );
             }
@@ -423,11 +500,11 @@ mod tests {
         reg.put_endpoint(endpoint(2, 1, vec![], vec![]));
         reg.put_endpoint(endpoint(9, 1, ch(&["a.created"]), vec![]));
         reg.put_endpoint(endpoint(3, 2, vec![], vec![]));
-        assert_eq!(reg.route(1, "a.created", &ch(&["x", "y"])), [2, 5, 9]);
-        assert_eq!(reg.route(1, "b.created", &ch(&["x"])), [2]);
+        assert_eq!(reg.route(1, "a.created", &ch(&["x", "y"]), &Payload::new("{}")), [2, 5, 9]);
+        assert_eq!(reg.route(1, "b.created", &ch(&["x"]), &Payload::new("{}")), [2]);
         // Moving endpoint 2 to tenant 2 takes it out of tenant 1's routes.
         reg.put_endpoint(endpoint(2, 2, ch(&["b.created"]), vec![]));
-        assert_eq!(reg.route(1, "b.created", &ch(&["x"])), Vec::<u64>::new());
-        assert_eq!(reg.route(2, "b.created", &[]), [2, 3]);
+        assert_eq!(reg.route(1, "b.created", &ch(&["x"]), &Payload::new("{}")), Vec::<u64>::new());
+        assert_eq!(reg.route(2, "b.created", &[], &Payload::new("{}")), [2, 3]);
     }
 }

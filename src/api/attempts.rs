@@ -10,7 +10,7 @@ use super::problem::Problem;
 use super::views::{AttemptView, ListView};
 use crate::deliver::request;
 use crate::ids::{AttemptId, EndpointId, EventId};
-use crate::model::{AttemptRecord, EventRecord};
+use crate::model::{AttemptRecord, EventRecord, HttpMethod};
 use crate::store::AttemptFilter;
 
 #[derive(Debug, Deserialize)]
@@ -90,10 +90,17 @@ pub async fn get(
     Ok(Json(view))
 }
 
-/// The body as sent, rebuilt from the stored events rather than stored again with every attempt: the
-/// body is a pure function of the events and the format (recorded in the attempt's `content-type`).
-/// `None` once retention has purged the events.
+/// The body as sent. A `GET` has none; a templated body was kept with the attempt; any other body is
+/// rebuilt from the stored events rather than stored again with every attempt: it is a pure function of
+/// the events and the format (recorded in the attempt's `content-type`). `None` once retention has
+/// purged the events.
 fn request_body(state: &AppState, tenant: u64, a: &AttemptRecord) -> Result<Option<String>, Problem> {
+    if a.method == HttpMethod::Get {
+        return Ok(Some(String::new()));
+    }
+    if let Some(body) = &a.request_body {
+        return Ok(Some(body.clone()));
+    }
     let mut events = Vec::with_capacity(a.events.len());
     for id in &a.events {
         match state.store.event(tenant, *id)? {

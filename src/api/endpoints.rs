@@ -19,11 +19,13 @@ use super::views::{EndpointView, ListView};
 use crate::config::DeliveryConfig;
 use crate::deliver::client::is_forbidden_destination;
 use crate::deliver::sign::Secret;
+use crate::filter::Filter;
 use crate::ids::EndpointId;
 use crate::ingest::{valid_channel, valid_type_name};
 use crate::model::{
     BatchPolicy, EndpointRecord, HttpMethod, PayloadFormat, RateLimit, RetryPolicy, TenantRecord,
 };
+use crate::template::{PayloadTemplate, UrlTemplate};
 
 pub const MAX_URL_LEN: usize = 2048;
 pub const MAX_NAME_LEN: usize = 256;
@@ -68,6 +70,10 @@ pub struct EndpointIn {
     pub event_types: Vec<String>,
     #[serde(default)]
     pub channels: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_template: Option<String>,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -102,6 +108,8 @@ impl EndpointIn {
             format: r.format,
             event_types: r.event_types.clone(),
             channels: r.channels.clone(),
+            filter: r.filter.clone(),
+            payload_template: r.payload_template.clone(),
             headers: r.headers.clone(),
             secret: None,
             rate_limit: r.rate_limit,
@@ -131,13 +139,7 @@ pub fn validate(mut input: EndpointIn, delivery: &DeliveryConfig) -> Result<Vali
     if input.description.chars().count() > MAX_DESCRIPTION_LEN {
         errors.push(FieldError::new("description", format!("at most {MAX_DESCRIPTION_LEN} characters")));
     }
-    check_url(&input.url, delivery, &mut errors);
-    if input.method == HttpMethod::Get {
-        errors.push(FieldError::new(
-            "method",
-            "GET needs a ${…} placeholder in the URL, and URL templates are not available yet: use POST or PUT",
-        ));
-    }
+    check_shape(&input, delivery, &mut errors);
     if input.event_types.len() > MAX_EVENT_TYPES {
         errors.push(FieldError::new("event_types", format!("at most {MAX_EVENT_TYPES} types")));
     }
@@ -212,14 +214,57 @@ pub fn validate(mut input: EndpointIn, delivery: &DeliveryConfig) -> Result<Vali
     if errors.is_empty() { Ok(Validated { input, secret }) } else { Err(Problem::invalid(errors)) }
 }
 
+/// The URL (a template), method, filter, payload template and batching, which constrain each other:
+/// - `GET` sends no body, so it needs a placeholder in the URL to carry anything, and takes no payload
+///   template;
+/// - a batch is one request for many events, while placeholders are filled from one event, so batching
+///   does not combine with URL placeholders or a payload template.
+fn check_shape(input: &EndpointIn, delivery: &DeliveryConfig, errors: &mut Vec<FieldError>) {
+    let mut url_placeholders = false;
+    if input.url.len() > MAX_URL_LEN {
+        errors.push(FieldError::new("url", format!("at most {MAX_URL_LEN} characters")));
+    } else {
+        match UrlTemplate::parse(&input.url) {
+            Ok(t) => {
+                url_placeholders = t.has_placeholders();
+                // Scheme and host are checked on the template (placeholders cannot stand there), and
+                // again on every rendered URL when it is sent.
+                check_url(&t.sample(), delivery, errors);
+            }
+            Err(e) => errors.push(FieldError::at("url", e.position, e.to_string())),
+        }
+    }
+    if let Some(f) = &input.filter
+        && let Err(e) = Filter::parse(f)
+    {
+        errors.push(FieldError::at("filter", e.column, e.to_string()));
+    }
+    if let Some(t) = &input.payload_template
+        && let Err(e) = PayloadTemplate::parse(t)
+    {
+        errors.push(FieldError::at("payload_template", e.position, e.to_string()));
+    }
+    if input.method == HttpMethod::Get {
+        if !url_placeholders {
+            errors.push(FieldError::new(
+                "url",
+                "a GET endpoint needs a ${path} placeholder in its URL (GET requests carry no body)",
+            ));
+        }
+        if input.payload_template.is_some() {
+            errors.push(FieldError::new("payload_template", "a GET request has no body to template"));
+        }
+    }
+    if input.batch.is_some() && (url_placeholders || input.payload_template.is_some()) {
+        errors.push(FieldError::new(
+            "batch",
+            "batching sends many events in one request; it cannot be combined with URL placeholders or a payload template, which are filled from one event",
+        ));
+    }
+}
+
 fn check_url(url: &str, delivery: &DeliveryConfig, errors: &mut Vec<FieldError>) {
     let mut fail = |m: &str| errors.push(FieldError::new("url", m));
-    if url.len() > MAX_URL_LEN {
-        return fail("at most 2048 characters");
-    }
-    if url.contains("${") || url.contains('{') {
-        return fail("URL templates (${…} placeholders) are not available yet");
-    }
     let Ok(uri) = url.parse::<http::Uri>() else { return fail("not a valid absolute URL") };
     match uri.scheme_str() {
         Some("https") => {}
@@ -288,8 +333,8 @@ fn record_from(
         format: i.format,
         event_types: i.event_types,
         channels: i.channels,
-        filter: None,
-        payload_template: None,
+        filter: i.filter,
+        payload_template: i.payload_template,
         headers: i.headers,
         secret,
         retired_secrets: Vec::new(),
@@ -446,8 +491,6 @@ pub async fn update(
         let secret = v.secret.as_ref().map_or_else(|| current.secret.clone(), Secret::to_whsec);
         let mut rec = record_from(v, id, tenant.serial, secret, current.created_at, crate::time::now_ms());
         rec.retired_secrets = current.retired_secrets.clone();
-        rec.filter = current.filter.clone();
-        rec.payload_template = current.payload_template.clone();
         // Re-enabled by a person: the reason hookd disabled it no longer applies.
         rec.disabled_reason = if rec.enabled { None } else { current.disabled_reason.clone() };
         store.put_endpoint(&rec)?;
@@ -527,7 +570,8 @@ mod tests {
             "https://user:pw@example.com/",
             "ftp://example.com/",
             "not a url",
-            "https://example.com/${data.id}",
+            "https://example.com/{id}",
+            "https://${data.host}/hook",
         ] {
             assert_eq!(fields(validate(input(url), &strict())), ["url"], "{url}");
         }

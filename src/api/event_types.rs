@@ -1,6 +1,8 @@
-//! `/v1/event-types`: the event catalog (descriptions and example payloads).
+//! `/v1/event-types`: the event catalog (descriptions, JSON Schemas and example payloads).
 //!
-//! The catalog documents what producers send; ingest does not require a type to be listed here.
+//! The catalog documents what producers send; ingest does not require a type to be listed here, but a
+//! payload of a listed type with a schema must satisfy it. A deprecated type is still accepted: the flag
+//! is for the people who read the catalog.
 
 use axum::Json;
 use axum::extract::State;
@@ -14,6 +16,7 @@ use super::problem::{FieldError, Problem};
 use super::views::{EventTypeView, ListView};
 use crate::ingest::valid_type_name;
 use crate::model::EventTypeRecord;
+use crate::schema::{MAX_SCHEMA_BYTES, PayloadSchema};
 
 pub const MAX_DESCRIPTION_LEN: usize = 4096;
 pub const MAX_EXAMPLE_BYTES: usize = 64 * 1024;
@@ -23,6 +26,8 @@ pub const MAX_EXAMPLE_BYTES: usize = 64 * 1024;
 pub struct PutEventType {
     #[serde(default)]
     pub description: String,
+    #[serde(default)]
+    pub schema: Option<Box<RawValue>>,
     #[serde(default)]
     pub example: Option<Box<RawValue>>,
     #[serde(default)]
@@ -59,6 +64,31 @@ pub async fn put(
             errors.push(FieldError::new("example", "must be a JSON object (an example payload)"));
         }
     }
+    let schema_text = body.schema.map(|s| s.get().trim().to_owned());
+    let mut schema = None;
+    if let Some(text) = &schema_text {
+        if text.len() > MAX_SCHEMA_BYTES {
+            errors.push(FieldError::new("schema", format!("at most {MAX_SCHEMA_BYTES} bytes")));
+        } else {
+            match PayloadSchema::compile_text(text) {
+                Ok(s) => schema = Some(s),
+                Err(e) => errors.push(FieldError::new("schema", format!("not a usable JSON Schema: {e}"))),
+            }
+        }
+    }
+    // An example the schema would refuse at ingest documents nothing; say so now.
+    if let (Some(s), Some(ex)) = (&schema, &example)
+        && errors.is_empty()
+    {
+        let value: serde_json::Value = serde_json::from_str(ex)
+            .map_err(|e| Problem::invalid_field("example", format!("not JSON: {e}")))?;
+        for v in s.violations(&value) {
+            errors.push(FieldError::new(
+                format!("example{}", v.pointer),
+                format!("does not satisfy the schema: {}", v.message),
+            ));
+        }
+    }
     if !errors.is_empty() {
         return Err(Problem::invalid(errors));
     }
@@ -68,7 +98,7 @@ pub async fn put(
         let rec = EventTypeRecord {
             name: name.clone(),
             description: body.description,
-            schema: None,
+            schema: schema_text,
             example,
             deprecated: body.deprecated,
             created_at: existing.map_or(now, |e| e.created_at),
@@ -76,7 +106,7 @@ pub async fn put(
         };
         let created = existing.is_none();
         store.put_event_type(&rec)?;
-        reg.put_event_type(rec.clone());
+        reg.put_event_type(rec.clone(), schema);
         Ok((rec, created))
     })?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };

@@ -61,7 +61,7 @@ pub async fn ingest_one(
     let key = idempotency_header(req.headers())?;
     let body = read_body(req, state.config.limits.max_event_bytes.0).await?;
     let ev = ingest::parse_single(&body, key.as_deref())?;
-    let prepared = ingest::prepare(&state.registry.snapshot(), tenant.serial, ev);
+    let prepared = ingest::prepare_one(&state.registry.snapshot(), tenant.serial, ev)?;
     let bytes = prepared.payload.len();
     let accepted = state.committer.commit(tenant.serial, vec![prepared]).await.map_err(commit_problem)?;
     let Some(a) = accepted.first() else {
@@ -85,9 +85,7 @@ pub async fn ingest_batch(
     check_capacity(&state)?;
     let body = read_body(req, state.config.limits.max_batch_bytes.0).await?;
     let batch = ingest::parse_batch(&body, state.config.limits.max_batch_events as usize)?;
-    let snapshot = state.registry.snapshot();
-    let prepared: Vec<_> =
-        batch.events.into_iter().map(|ev| ingest::prepare(&snapshot, tenant.serial, ev)).collect();
+    let prepared = ingest::prepare_batch(&state.registry.snapshot(), tenant.serial, batch)?;
     let bytes: usize = prepared.iter().map(|p| p.payload.len()).sum();
     let accepted = state.committer.commit(tenant.serial, prepared).await.map_err(commit_problem)?;
     let fresh = accepted.iter().filter(|a| !a.duplicate).count();

@@ -10,11 +10,20 @@ pub struct FieldError {
     /// The field's path in the request (`url`, `events[3].type`, `retry.max_ms`), or the header name.
     pub field: String,
     pub message: String,
+    /// For a field holding a small language (a filter, a template): the 1-based character position of
+    /// the error in its text, also given in the message, so a UI can point at it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<usize>,
 }
 
 impl FieldError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> FieldError {
-        FieldError { field: field.into(), message: message.into() }
+        FieldError { field: field.into(), message: message.into(), position: None }
+    }
+
+    /// An error at a character position of the field's text.
+    pub fn at(field: impl Into<String>, position: usize, message: impl Into<String>) -> FieldError {
+        FieldError { field: field.into(), message: message.into(), position: Some(position) }
     }
 }
 

@@ -51,6 +51,7 @@ impl From<&TenantRecord> for TenantView {
 pub struct EventTypeView {
     pub name: String,
     pub description: String,
+    pub schema: Option<Box<RawValue>>,
     pub example: Option<Box<RawValue>>,
     pub deprecated: bool,
     pub created_at: String,
@@ -62,6 +63,7 @@ impl From<&EventTypeRecord> for EventTypeView {
         EventTypeView {
             name: t.name.clone(),
             description: t.description.clone(),
+            schema: t.schema.as_deref().map(raw),
             example: t.example.as_deref().map(raw),
             deprecated: t.deprecated,
             created_at: format_ms(t.created_at),
@@ -80,6 +82,8 @@ pub struct EndpointView {
     pub format: PayloadFormat,
     pub event_types: Vec<String>,
     pub channels: Vec<String>,
+    pub filter: Option<String>,
+    pub payload_template: Option<String>,
     pub headers: BTreeMap<String, String>,
     pub rate_limit: Option<RateLimit>,
     pub max_in_flight: u32,
@@ -105,6 +109,8 @@ impl From<&EndpointRecord> for EndpointView {
             format: e.format,
             event_types: e.event_types.clone(),
             channels: e.channels.clone(),
+            filter: e.filter.clone(),
+            payload_template: e.payload_template.clone(),
             headers: e.headers.clone(),
             rate_limit: e.rate_limit,
             max_in_flight: e.max_in_flight,

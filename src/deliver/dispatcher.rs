@@ -409,7 +409,7 @@ impl Dispatcher {
             webhook_id,
             batch,
             events: events.iter().map(|(id, _)| *id).collect(),
-            url: entry.record.url.clone(),
+            url: built.url.clone(),
             method: entry.record.method,
             sent_at: now,
             succeeded: false,
@@ -423,10 +423,11 @@ impl Dispatcher {
             duration_ms: 0,
             attempt_number,
             trigger,
+            request_body: built.templated.then(|| request::recorded_body(&built.body)),
         };
         let req = OutboundRequest {
             method: entry.record.method.as_http(),
-            url: entry.record.url.clone(),
+            url: built.url,
             headers: built.headers,
             body: built.body,
             timeout: Duration::from_millis(entry.record.timeout_ms),

@@ -9,7 +9,7 @@ use http::header::{CONTENT_TYPE, HeaderName, HeaderValue, USER_AGENT};
 
 use super::sign;
 use crate::ids::EventId;
-use crate::model::{EventRecord, PayloadFormat};
+use crate::model::{EventRecord, HttpMethod, PayloadFormat};
 use crate::registry::EndpointEntry;
 
 pub const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
@@ -93,12 +93,22 @@ pub fn headers(
 /// A request as built, before sending: also what the attempt history records.
 #[derive(Debug, Clone)]
 pub struct Built {
+    /// The endpoint's URL, its placeholders filled.
+    pub url: String,
     pub body: Bytes,
     pub headers: HeaderMap,
+    /// The body came from the endpoint's payload template (so the history cannot rebuild it later).
+    pub templated: bool,
 }
 
 /// Builds the whole request for these events; `batch` is the delivery's own shape (a batch retried
 /// after its endpoint stopped batching is still sent as the batch it was).
+///
+/// Templates are filled from the event object a receiver would otherwise get (`id`, `type`,
+/// `timestamp`, `channels`, `data`), parsed once per request and only for endpoints that have one. A
+/// batch never has templates applied to its body (the API refuses batching with templates; a batch
+/// made before a template was added goes out in the shape it was made in), and its URL is filled from
+/// its first event. A `GET` carries no body: the signature covers the empty body.
 pub fn build(
     entry: &EndpointEntry,
     webhook_id: &str,
@@ -107,15 +117,39 @@ pub fn build(
     user_agent: &HeaderValue,
     now_ms: u64,
 ) -> Built {
-    let json = body(events, batch);
-    let (body, content_type) = match entry.record.format {
-        PayloadFormat::Json => (Bytes::from(json), "application/json"),
-        PayloadFormat::Form => (Bytes::from(form_body(&json)), "application/x-www-form-urlencoded"),
+    let payload_template = entry.payload_template.as_ref().filter(|_| !batch);
+    let event = match (&entry.url_template, payload_template, events.first()) {
+        (None, None, _) | (_, _, None) => None,
+        (_, _, Some((id, ev))) => {
+            let mut text = String::with_capacity(ev.payload.len() + 128);
+            write_event_json(&mut text, *id, ev);
+            serde_json::from_str::<serde_json::Value>(&text).ok()
+        }
+    };
+    let url = match (&entry.url_template, &event) {
+        (Some(t), Some(v)) => t.render(v),
+        _ => entry.record.url.clone(),
+    };
+    let templated = payload_template.is_some() && event.is_some();
+    let (body, content_type) = if entry.record.method == HttpMethod::Get {
+        (Bytes::new(), None)
+    } else {
+        let json = match (payload_template, &event) {
+            (Some(t), Some(v)) => t.render(v),
+            _ => body(events, batch),
+        };
+        match entry.record.format {
+            PayloadFormat::Json => (Bytes::from(json), Some("application/json")),
+            PayloadFormat::Form => (Bytes::from(form_body(&json)), Some("application/x-www-form-urlencoded")),
+        }
     };
     let timestamp = (now_ms / 1000) as i64;
     let mut headers = headers(entry, webhook_id, timestamp, &body, user_agent, now_ms);
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    Built { body, headers }
+    match content_type {
+        Some(ct) => headers.insert(CONTENT_TYPE, HeaderValue::from_static(ct)),
+        None => headers.remove(CONTENT_TYPE),
+    };
+    Built { url, body, headers, templated }
 }
 
 /// `payload=<json>`, form-urlencoded: every byte but RFC 3986's unreserved characters is percent-encoded
@@ -134,6 +168,25 @@ pub fn form_body(json: &str) -> String {
         }
     }
     out
+}
+
+/// Most of a body the history keeps when it must keep one (see [`Built::templated`]): records stay
+/// small, and a support engineer needs the start of a body, not megabytes of it.
+pub const MAX_RECORDED_BODY: usize = 16 * 1024;
+
+/// A templated body as the history keeps it: lossy UTF-8, cut at [`MAX_RECORDED_BODY`] bytes (on a
+/// character boundary) with a marker saying so.
+pub fn recorded_body(body: &[u8]) -> String {
+    let mut text = String::from_utf8_lossy(body).into_owned();
+    if text.len() > MAX_RECORDED_BODY {
+        let mut cut = MAX_RECORDED_BODY;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push_str("…[truncated]");
+    }
+    text
 }
 
 /// Headers as recorded in the history: the signature is kept (it is not a secret and helps support

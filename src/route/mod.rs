@@ -15,9 +15,35 @@
 //! of the event's channels), so the union is a merge that drops repeats.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use serde_json::Value;
 
 use crate::model::EndpointRecord;
+
+/// An event's payload as routing sees it: JSON text, parsed into a value the first time something looks
+/// inside it (a payload filter, a schema) and then shared by every such check. Most events are routed
+/// on type and channels alone and never parsed.
+#[derive(Debug)]
+pub struct Payload<'a> {
+    text: &'a str,
+    value: OnceLock<Option<Value>>,
+}
+
+impl<'a> Payload<'a> {
+    pub fn new(text: &'a str) -> Payload<'a> {
+        Payload { text, value: OnceLock::new() }
+    }
+
+    pub fn text(&self) -> &'a str {
+        self.text
+    }
+
+    /// The parsed payload; `None` if the text is not JSON (ingest has checked that it is).
+    pub fn value(&self) -> Option<&Value> {
+        self.value.get_or_init(|| serde_json::from_str(self.text).ok()).as_ref()
+    }
+}
 
 /// The part of an endpoint that decides what it receives, prepared for fast matching.
 #[derive(Debug, Clone)]

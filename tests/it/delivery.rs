@@ -40,18 +40,6 @@ fn endpoint(url: &str, extra: Value) -> Value {
     spec
 }
 
-/// Ingests one event on `channels`; returns its id and `received_at`.
-async fn ingest_on(daemon: &Daemon, event_type: &str, channels: &[&str], payload: Value) -> (String, String) {
-    let (status, body) = daemon
-        .post(
-            &format!("/v1/tenants/{TENANT}/events"),
-            json!({ "type": event_type, "channels": channels, "payload": payload }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "ingest {event_type} on {channels:?}: {body}");
-    (text(&body["id"]), text(&body["received_at"]))
-}
-
 /// Ingests `payloads` as one batch of `event_type` events; returns their ids, oldest first.
 async fn ingest_batch(daemon: &Daemon, event_type: &str, payloads: &[Value]) -> Vec<String> {
     let events: Vec<Value> = payloads.iter().map(|p| json!({ "type": event_type, "payload": p })).collect();
@@ -169,7 +157,7 @@ async fn every_delivery_is_signed_and_carries_the_documented_headers_and_body() 
     let mut sent = Vec::new();
     for (i, payload) in payloads.iter().enumerate() {
         let channels: &[&str] = if i == 0 { &["client_42", "agent_7"] } else { &[] };
-        let (id, received_at) = ingest_on(&daemon, "ticket.created", channels, payload.clone()).await;
+        let (id, received_at) = daemon.ingest_on(TENANT, "ticket.created", channels, payload.clone()).await;
         sent.push((id, received_at, channels, payload));
     }
 
@@ -256,7 +244,7 @@ async fn events_fan_out_to_exactly_the_endpoints_whose_types_and_channels_match(
     let mut expected: [BTreeSet<String>; 4] = Default::default();
     let mut events = Vec::new();
     for (i, (event_type, channels, matches)) in cases.iter().enumerate() {
-        let (id, _) = ingest_on(&daemon, event_type, channels, json!({ "case": i })).await;
+        let (id, _) = daemon.ingest_on(TENANT, event_type, channels, json!({ "case": i })).await;
         for (k, matched) in matches.iter().enumerate() {
             if *matched {
                 expected[k].insert(id.clone());

@@ -366,6 +366,13 @@ impl Daemon {
         self.request_json(Method::DELETE, path, None).await
     }
 
+    /// A JSON request (or none) with the admin token, keeping the response's headers and raw body.
+    pub async fn send(&self, method: Method, path: &str, body: Option<&Value>) -> RawResponse {
+        let auth = format!("Bearer {ADMIN_TOKEN}");
+        let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+        self.raw(method, path, &headers, body.map(Value::to_string).unwrap_or_default()).await
+    }
+
     /// A request exactly as given: no auth, no content type unless in `headers`, the body bytes as is.
     pub async fn raw(
         &self,
@@ -397,6 +404,24 @@ impl Daemon {
         let (status, body) = self.post(&format!("/v1/tenants/{tenant}/endpoints"), spec.clone()).await;
         assert_eq!(status, StatusCode::CREATED, "create endpoint {spec} in {tenant}: {body}");
         (str_field(&body, "id"), str_field(&body, "secret"))
+    }
+
+    /// Ingests one event on `channels`; panics unless 202. Returns its id and `received_at`.
+    pub async fn ingest_on(
+        &self,
+        tenant: &str,
+        event_type: &str,
+        channels: &[&str],
+        payload: Value,
+    ) -> (String, String) {
+        let (status, body) = self
+            .post(
+                &format!("/v1/tenants/{tenant}/events"),
+                json!({ "type": event_type, "channels": channels, "payload": payload }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "ingest {event_type} on {channels:?}: {body}");
+        (str_field(&body, "id"), str_field(&body, "received_at"))
     }
 
     /// Ingests one event; panics unless 202. Returns the event id.

@@ -11,3 +11,4 @@ mod harness;
 mod ingest;
 mod receiver;
 mod smoke;
+mod subscriptions;
