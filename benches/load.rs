@@ -307,9 +307,13 @@ fn report(name: &str, r: &mut LoadResult, per_request: u64) -> f64 {
 }
 
 fn single_body() -> Bytes {
+    typed_single_body("ticket.created")
+}
+
+fn typed_single_body(event_type: &str) -> Bytes {
     let pad = "x".repeat(400);
     Bytes::from(format!(
-        r#"{{"type":"ticket.created","channels":["client_42"],"payload":{{"t":{},"pad":"{pad}"}}}}"#,
+        r#"{{"type":"{event_type}","channels":["client_42"],"payload":{{"t":{},"pad":"{pad}"}}}}"#,
         now_micros()
     ))
 }
@@ -392,6 +396,25 @@ async fn run(opts: Opts) -> Res<()> {
             .await?;
     let ingest = report("ingest: single events, fsync, no endpoint", &mut r, 1);
     println!("{:<44} {:>9.0} %", "  ratio to the bare server", 100.0 * ingest / baseline.max(1.0));
+
+    // 1b. What fan-out costs ingest: events of a type matching 1 endpoint, then of a type matching 100.
+    //     The endpoints are disabled, so they match (and their deliveries are stored, to go out when
+    //     enabled) but send nothing: this measures routing and storing the routes, not delivery, which
+    //     for 100 endpoints is 100 times the work and has its own phases below.
+    let one = fanout_endpoints(daemon.addr, &sink, "fanout.one", 1).await?;
+    let hundred = fanout_endpoints(daemon.addr, &sink, "fanout.hundred", 100).await?;
+    let mut rates = Vec::new();
+    for (event_type, n) in [("fanout.one", 1), ("fanout.hundred", 100)] {
+        let body = Arc::new(move || typed_single_body(event_type));
+        let mut r = drive(daemon.addr, "/v1/tenants/bench/events", opts.connections, opts.secs, body).await?;
+        rates.push(report(&format!("ingest: single events, {n} matching endpoint(s)"), &mut r, 1));
+    }
+    if let [with_one, with_hundred] = rates[..] {
+        println!("{:<44} {:>9.0} %", "  100 endpoints vs 1", 100.0 * with_hundred / with_one.max(1.0));
+    }
+    for id in one.iter().chain(&hundred) {
+        admin(daemon.addr, "DELETE", &format!("/v1/tenants/bench/endpoints/{id}"), String::new()).await?;
+    }
 
     println!("{:<44} {:>9.1} MiB", "  daemon RSS now", rss_mib(daemon.child.id()));
     // 2. Durable batch ingest (100 × 500 B per request).
@@ -550,6 +573,24 @@ async fn ingest_backlog(addr: SocketAddr, events: u64, event_type: &str) -> Res<
         let _ = resp.into_body().collect().await;
     }
     Ok(())
+}
+
+/// Creates `n` disabled endpoints for `event_type`; returns their ids.
+async fn fanout_endpoints(addr: SocketAddr, sink: &Sink, event_type: &str, n: usize) -> Res<Vec<String>> {
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let body = format!(
+            r#"{{"url":"http://{}/fanout/{i}","event_types":["{event_type}"],"enabled":false}}"#,
+            sink.addr
+        );
+        let (s, b) = admin(addr, "POST", "/v1/tenants/bench/endpoints", body).await?;
+        if s != 201 {
+            return Err(format!("create endpoint: {s} {b}").into());
+        }
+        let v: serde_json::Value = serde_json::from_str(&b)?;
+        ids.push(v["id"].as_str().unwrap_or_default().to_owned());
+    }
+    Ok(ids)
 }
 
 async fn create_endpoint(addr: SocketAddr, sink: &Sink, i: usize, enabled: bool) -> Res<String> {
