@@ -44,6 +44,8 @@ struct Sink {
     received: Arc<AtomicU64>,
     latencies: Arc<Mutex<Vec<u64>>>,
     first_last: Arc<Mutex<(Option<Instant>, Option<Instant>)>>,
+    /// Connections accepted: how well the daemon's client reuses its connections.
+    connections: Arc<AtomicU64>,
 }
 
 async fn start_sink() -> Res<Sink> {
@@ -52,10 +54,12 @@ async fn start_sink() -> Res<Sink> {
     let received = Arc::new(AtomicU64::new(0));
     let latencies = Arc::new(Mutex::new(Vec::with_capacity(1 << 20)));
     let first_last = Arc::new(Mutex::new((None, None)));
-    let (r, l, fl) = (received.clone(), latencies.clone(), first_last.clone());
+    let connections = Arc::new(AtomicU64::new(0));
+    let (r, l, fl, conns) = (received.clone(), latencies.clone(), first_last.clone(), connections.clone());
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
+            conns.fetch_add(1, Ordering::Relaxed);
             let (r, l, fl) = (r.clone(), l.clone(), fl.clone());
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -80,12 +84,13 @@ async fn start_sink() -> Res<Sink> {
             });
         }
     });
-    Ok(Sink { addr, received, latencies, first_last })
+    Ok(Sink { addr, received, latencies, first_last, connections })
 }
 
 impl Sink {
     async fn reset(&self) {
         self.received.store(0, Ordering::Relaxed);
+        self.connections.store(0, Ordering::Relaxed);
         self.latencies.lock().await.clear();
         *self.first_last.lock().await = (None, None);
     }
@@ -442,8 +447,9 @@ async fn run(opts: Opts) -> Res<()> {
     let (delivered, rate) =
         drain(&sink, backlog, Duration::from_secs(if opts.quick { 30 } else { 180 })).await;
     println!(
-        "{:<44} {rate:>10.0} /s   ({delivered} of {backlog} delivered, max_in_flight 64)",
-        "delivery: single events from a backlog"
+        "{:<44} {rate:>10.0} /s   ({delivered} of {backlog} delivered, max_in_flight 64, {} connections)",
+        "delivery: single events from a backlog",
+        sink.connections.load(Ordering::Relaxed)
     );
 
     println!("{:<44} {:>9.1} MiB", "  daemon RSS now", rss_mib(daemon.child.id()));
