@@ -189,6 +189,7 @@ fn group_commit(c: &mut Criterion) {
             data_dir: dir.path().to_path_buf(),
             durability,
             cache_bytes: 64 << 20,
+            master_key: None,
         }) {
             Ok(s) => s,
             Err(e) => panic!("store: {e}"),

@@ -23,6 +23,7 @@ use crate::deliver::client::{ClientSettings, HttpClient};
 use crate::deliver::{Shared, Supervisor};
 use crate::ids::IdGen;
 use crate::registry::RegistryHandle;
+use crate::store::seal::MasterKey;
 use crate::store::{Committer, Store, StoreSettings};
 
 const ADMIN_TOKEN_HASH_META: &str = "admin_token_sha256";
@@ -35,8 +36,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         data_dir: config.storage.data_dir.clone(),
         durability: config.storage.durability,
         cache_bytes: config.storage.cache_bytes.0,
+        master_key: MasterKey::from_config(&config.auth.master_key),
     })
     .with_context(|| format!("opening the data dir {}", config.storage.data_dir.display()))?;
+    if config.auth.master_key.is_empty() {
+        tracing::warn!(
+            "auth.master_key is not set: endpoint signing secrets are stored unsealed in the data dir"
+        );
+    }
     let admin_token_hash = admin_token(&config, &store)?;
     let ids = Arc::new(IdGen::new(store.max_id_in_use()?));
     let registry = RegistryHandle::load(&store)?;

@@ -23,7 +23,8 @@ use crate::filter::Filter;
 use crate::ids::EndpointId;
 use crate::ingest::{valid_channel, valid_type_name};
 use crate::model::{
-    BatchPolicy, EndpointRecord, HttpMethod, PayloadFormat, RateLimit, RetryPolicy, TenantRecord,
+    BatchPolicy, EndpointRecord, HttpMethod, PayloadFormat, RateLimit, RetiredSecret, RetryPolicy,
+    TenantRecord,
 };
 use crate::template::{PayloadTemplate, UrlTemplate};
 
@@ -467,6 +468,74 @@ pub async fn secret(
 ) -> Result<Json<Value>, Problem> {
     let rec = find(&state, &tenant, &id)?;
     Ok(Json(json!({ "key": rec.secret })))
+}
+
+/// Default time the previous secret keeps signing after a rotation.
+pub const DEFAULT_ROTATION_GRACE_SECS: u64 = 24 * 3600;
+/// Longest grace period: receivers have a week to switch.
+pub const MAX_ROTATION_GRACE_SECS: u64 = 7 * 24 * 3600;
+/// Previous secrets still signing at once; more rotations within the grace period retire the oldest.
+pub const MAX_RETIRED_SECRETS: usize = 4;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateIn {
+    /// The new secret; generated when absent.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// How long the current secret keeps signing alongside the new one.
+    #[serde(default)]
+    pub grace_seconds: Option<u64>,
+}
+
+/// `POST …/secret/rotate`: a new signing secret, returned this once. During the grace period every
+/// delivery carries a signature by each secret (`webhook-signature: v1,<new> v1,<old>`), so a receiver
+/// verifies whichever it has while it switches; afterwards only the new one signs.
+pub async fn rotate_secret(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    P((_, id)): P<(String, String)>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, Problem> {
+    // An empty body takes the defaults.
+    let input: RotateIn = if body.is_empty() { RotateIn::default() } else { parse_json(&body)? };
+    let grace = input.grace_seconds.unwrap_or(DEFAULT_ROTATION_GRACE_SECS);
+    if grace > MAX_ROTATION_GRACE_SECS {
+        return Err(Problem::invalid_field(
+            "grace_seconds",
+            format!("at most {MAX_ROTATION_GRACE_SECS} (7 days)"),
+        ));
+    }
+    let new = match &input.secret {
+        Some(s) => Secret::parse(s).map_err(|e| Problem::invalid_field("secret", e.to_string()))?,
+        None => Secret::generate(),
+    }
+    .to_whsec();
+    let id = endpoint_id(&id)?;
+    let now = crate::time::now_ms();
+    state.registry.mutate(|reg, store| -> Result<(), Problem> {
+        let current = reg.tenant_endpoint(tenant.serial, id).ok_or_else(|| Problem::not_found("endpoint"))?;
+        let mut rec = current.record.clone();
+        if rec.secret == new {
+            return Err(Problem::invalid_field("secret", "is the current secret"));
+        }
+        let mut retired: Vec<RetiredSecret> =
+            rec.retired_secrets.into_iter().filter(|r| r.expires_at > now && r.secret != new).collect();
+        if grace > 0 {
+            retired.push(RetiredSecret { secret: rec.secret, expires_at: now.saturating_add(grace * 1000) });
+        }
+        // Newest last; past the cap the oldest stop signing early.
+        let excess = retired.len().saturating_sub(MAX_RETIRED_SECRETS);
+        retired.drain(..excess);
+        rec.retired_secrets = retired;
+        rec.secret = new.clone();
+        rec.updated_at = now;
+        store.put_endpoint(&rec)?;
+        reg.put_endpoint(rec);
+        Ok(())
+    })?;
+    let until = (grace > 0).then(|| crate::time::format_ms(now.saturating_add(grace * 1000)));
+    Ok(Json(json!({ "key": new, "previous_signs_until": until })))
 }
 
 /// `PATCH`: JSON Merge Patch; `null` clears an optional field (`rate_limit`) or restores a default.

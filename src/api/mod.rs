@@ -78,6 +78,7 @@ pub fn router(state: AppState) -> Router {
             get(endpoints::get).patch(endpoints::update).delete(endpoints::delete),
         )
         .route("/tenants/{tenant}/endpoints/{id}/secret", get(endpoints::secret))
+        .route("/tenants/{tenant}/endpoints/{id}/secret/rotate", post(endpoints::rotate_secret))
         .route("/tenants/{tenant}/attempts", get(attempts::list))
         .route("/tenants/{tenant}/attempts/{id}", get(attempts::get))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_admin));

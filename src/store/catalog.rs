@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::records;
-use super::{Store, StoreError, keys};
+use super::{Store, StoreError, keys, seal};
 use crate::model::{EndpointRecord, EventTypeRecord, TenantRecord};
 
 #[derive(Debug, thiserror::Error)]
@@ -73,8 +73,30 @@ impl Store {
         Ok(self.inner.config.apply_batch(batch)?)
     }
 
+    /// Stores an endpoint, its signing secrets sealed when a master key is configured (see [`seal`]).
     pub fn put_endpoint(&self, rec: &EndpointRecord) -> Result<(), StoreError> {
-        self.put(&keys::one(keys::ENDPOINT, rec.id), rec)
+        let key = self.inner.master_key.as_ref();
+        let mut stored = rec.clone();
+        stored.secret = seal::seal(key, rec.id, &rec.secret);
+        for r in &mut stored.retired_secrets {
+            r.secret = seal::seal(key, rec.id, &r.secret);
+        }
+        self.put(&keys::one(keys::ENDPOINT, rec.id), &stored)
+    }
+
+    /// Seals every endpoint secret still stored in plaintext (written before a master key was set).
+    pub(super) fn seal_plaintext_secrets(&self) -> Result<(), StoreError> {
+        if self.inner.master_key.is_none() {
+            return Ok(());
+        }
+        // As stored: `put_endpoint` seals what is plaintext and leaves what is sealed as it is.
+        for rec in self.load_all::<EndpointRecord>(keys::ENDPOINT)? {
+            let plain = |text: &str| !seal::is_sealed(text);
+            if plain(&rec.secret) || rec.retired_secrets.iter().any(|r| plain(&r.secret)) {
+                self.put_endpoint(&rec)?;
+            }
+        }
+        Ok(())
     }
 
     pub fn delete_endpoint(&self, id: u64) -> Result<(), StoreError> {
@@ -82,8 +104,17 @@ impl Store {
         Ok(())
     }
 
+    /// Every endpoint, secrets opened.
     pub fn endpoints(&self) -> Result<Vec<EndpointRecord>, StoreError> {
-        self.load_all(keys::ENDPOINT)
+        let key = self.inner.master_key.as_ref();
+        let mut all: Vec<EndpointRecord> = self.load_all(keys::ENDPOINT)?;
+        for rec in &mut all {
+            rec.secret = seal::open(key, rec.id, &rec.secret)?;
+            for r in &mut rec.retired_secrets {
+                r.secret = seal::open(key, rec.id, &r.secret)?;
+            }
+        }
+        Ok(all)
     }
 
     pub fn put_event_type(&self, rec: &EventTypeRecord) -> Result<(), StoreError> {

@@ -11,6 +11,7 @@
 //! | `config` | `e` E                       | [`EndpointRecord`]                      | API, dispatcher (410) |
 //! | `config` | `y` type name (utf-8)       | [`EventTypeRecord`]                     | API                   |
 //! | `config` | `m` name                    | meta values (admin token hash, …)       | app                   |
+//! | `config` | `k` API key id (8 bytes)    | [`ApiKeyRecord`]                        | API, key-use persister|
 //! | `log`    | `L` T V                     | [`LogRecord`]: events V, V+1, …          | group commit          |
 //! | `log`    | `I` T idempotency-key       | [`IdempotencyRecord`]                   | group commit          |
 //! | `state`  | `C` E                       | cursor: u64, every event ≤ it is handed off | dispatcher        |
@@ -42,6 +43,7 @@ mod history;
 mod keys;
 mod log;
 pub mod records;
+pub mod seal;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -73,6 +75,8 @@ pub enum StoreError {
     Encode(#[from] rmp_serde::encode::Error),
     #[error("the group committer has stopped")]
     CommitterGone,
+    #[error(transparent)]
+    Seal(#[from] seal::SealError),
 }
 
 /// A page of a list, newest first: `(id, record)` pairs and the cursor of the next page.
@@ -84,6 +88,8 @@ pub struct StoreSettings {
     pub data_dir: PathBuf,
     pub durability: Durability,
     pub cache_bytes: u64,
+    /// Seals endpoint secrets at rest (see [`seal`]); `None`: stored as they are.
+    pub master_key: Option<seal::MasterKey>,
 }
 
 /// The storage handle: cheap to clone, shared by the API, the committer and the dispatchers.
@@ -102,6 +108,7 @@ struct Inner {
     /// Set by delivery-state writes, cleared by [`Store::sync_if_dirty`]: attempt outcomes are made
     /// durable within one flusher period without a sync per attempt.
     state_dirty: std::sync::atomic::AtomicBool,
+    master_key: Option<seal::MasterKey>,
 }
 
 impl Store {
@@ -128,8 +135,10 @@ impl Store {
                 durability,
                 data_dir: settings.data_dir.clone(),
                 state_dirty: Default::default(),
+                master_key: settings.master_key.clone(),
             }),
         };
+        store.seal_plaintext_secrets()?;
         store.sync()?;
         Ok(store)
     }

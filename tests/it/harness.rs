@@ -254,10 +254,19 @@ impl Daemon {
         if self.process.child.id().is_some() {
             self.kill().await;
         }
-        match Process::spawn(&self.dir, &self.env).await {
-            Ok(process) => self.process = process,
-            Err(failure) => panic!("hookd did not restart: {failure}"),
+        if let Err(failure) = self.try_restart().await {
+            panic!("hookd did not restart: {failure}");
         }
+    }
+
+    /// [`Daemon::restart`] that reports a failure to start (the process has exited) instead of
+    /// panicking. Change `hookd.toml` at [`Daemon::config_path`] in between to restart differently.
+    pub async fn try_restart(&mut self) -> Result<(), StartFailure> {
+        if self.process.child.id().is_some() {
+            self.kill().await;
+        }
+        self.process = Process::spawn(&self.dir, &self.env).await?;
+        Ok(())
     }
 
     /// SIGKILLs the daemon (no chance to flush anything) and reaps it.

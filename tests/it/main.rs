@@ -10,5 +10,6 @@ mod durability;
 mod harness;
 mod ingest;
 mod receiver;
+mod secrets;
 mod smoke;
 mod subscriptions;
