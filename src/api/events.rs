@@ -83,12 +83,24 @@ pub async fn ingest_batch(
     req: Request,
 ) -> Result<(StatusCode, Json<serde_json::Value>), Problem> {
     check_capacity(&state)?;
+    // One key cannot name many events; ignoring it would let a producer believe its retries are safe.
+    if req.headers().contains_key("idempotency-key") {
+        return Err(Problem::invalid_field(
+            "Idempotency-Key",
+            "not accepted on batch ingest: give each event its own idempotency_key",
+        ));
+    }
     let body = read_body(req, state.config.limits.max_batch_bytes.0).await?;
     let batch = ingest::parse_batch(&body, state.config.limits.max_batch_events as usize)?;
     let prepared = ingest::prepare_batch(&state.registry.snapshot(), tenant.serial, batch)?;
-    let bytes: usize = prepared.iter().map(|p| p.payload.len()).sum();
+    let sizes: Vec<usize> = prepared.iter().map(|p| p.payload.len()).collect();
     let accepted = state.committer.commit(tenant.serial, prepared).await.map_err(commit_problem)?;
-    let fresh = accepted.iter().filter(|a| !a.duplicate).count();
+    // Replayed duplicates are not ingested again, in events or in bytes (as for single events).
+    let (fresh, bytes) = accepted
+        .iter()
+        .zip(&sizes)
+        .filter(|(a, _)| !a.duplicate)
+        .fold((0, 0), |(n, b), (_, size)| (n + 1, b + size));
     crate::metrics::ingested(fresh, bytes);
     let data: Vec<_> = accepted.iter().map(accepted_json).collect();
     Ok((StatusCode::ACCEPTED, Json(json!({ "data": data }))))

@@ -328,6 +328,15 @@ async fn an_over_long_or_blank_idempotency_key_is_422() {
 }
 
 #[tokio::test]
+async fn a_batch_refuses_an_idempotency_key_header_which_cannot_name_its_events() {
+    let daemon = daemon_with_tenant().await;
+    let body = json!({"events": [{"type": "a", "payload": {}}]});
+    let response = post_raw(&daemon, BATCH, &[("Idempotency-Key", "k1")], body.to_string()).await;
+    assert_problem(&response, StatusCode::UNPROCESSABLE_ENTITY, "Idempotency-Key");
+    assert_eq!(stored_ids(&daemon, TENANT).await.len(), 0);
+}
+
+#[tokio::test]
 async fn an_idempotency_key_header_that_disagrees_with_the_body_is_422() {
     let daemon = daemon_with_tenant().await;
     let body = json!({"type": "a", "payload": {}, "idempotency_key": "k1"});
