@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, histogram};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const EVENTS_INGESTED: &str = "hookd_events_ingested_total";
 pub const BYTES_INGESTED: &str = "hookd_ingested_bytes_total";
@@ -25,6 +25,11 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
         .set_buckets(&[
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
         ])?
+        // A count, not a time: how many events one group commit carried (up to a batch of 1000s).
+        .set_buckets_for_metric(
+            Matcher::Full(GROUP_COMMIT_EVENTS.to_owned()),
+            &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0],
+        )?
         .install_recorder()?;
     describe_counter!(EVENTS_INGESTED, "Events accepted by ingest (durable), duplicates excluded.");
     describe_counter!(BYTES_INGESTED, "Payload bytes accepted by ingest.");

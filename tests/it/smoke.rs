@@ -113,6 +113,23 @@ async fn the_admin_token_is_accepted() {
 }
 
 #[tokio::test]
+async fn metrics_are_described_and_group_commit_sizes_have_count_buckets() {
+    let daemon = Daemon::start().await;
+    daemon.create_tenant("acme").await;
+    let events: Vec<_> = (0..100).map(|i| json!({"type": "a", "payload": {"i": i}})).collect();
+    let (status, body) = daemon.post("/v1/tenants/acme/events/batch", json!({ "events": events })).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let response = client().get(daemon.url("/metrics")).send().await.expect("GET /metrics");
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = response.text().await.expect("metrics text");
+    assert!(text.contains("# HELP hookd_events_ingested_total"), "{text}");
+    assert!(text.contains("hookd_events_ingested_total 100"), "{text}");
+    // The batch of 100 is one group commit: below the 128 bucket, above the 64 one.
+    assert!(text.contains("hookd_group_commit_events_bucket{le=\"128\"} 1"), "{text}");
+    assert!(text.contains("hookd_group_commit_events_bucket{le=\"64\"} 0"), "{text}");
+}
+
+#[tokio::test]
 async fn a_sigkilled_daemon_restarts_on_the_same_data_dir() {
     let mut daemon = Daemon::start().await;
     let data_dir = daemon.data_dir();
