@@ -9,6 +9,7 @@ mod delivery;
 mod durability;
 mod harness;
 mod ingest;
+mod outbound;
 mod receiver;
 mod secrets;
 mod smoke;
