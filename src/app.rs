@@ -47,6 +47,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let admin_token_hash = admin_token(&config, &store)?;
     let ids = Arc::new(IdGen::new(store.max_id_in_use()?));
     let registry = RegistryHandle::load(&store)?;
+    let keys = api::api_keys::KeyTable::load(&store)?;
     let client = HttpClient::new(ClientSettings {
         connect_timeout: Duration::from_millis(config.delivery.connect_timeout_ms),
         max_response_body_bytes: usize::try_from(config.delivery.max_response_body_bytes.0)
@@ -86,6 +87,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         ids,
         metrics: (!separate_metrics).then(|| metrics.clone()),
         admin_token_hash,
+        keys: keys.clone(),
         log_full: AtomicBool::new(false),
         ready: AtomicBool::new(true),
     });
@@ -109,6 +111,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     );
     let disk_watch = tokio::spawn(watch_disk(state.clone(), stop_http.clone()));
     let state_flusher = tokio::spawn(flush_state(store.clone(), stop_dispatch.clone()));
+    // Stopped with the dispatchers, after the HTTP drain: the last requests' key use is persisted too.
+    let key_use = tokio::spawn(
+        api::api_keys::UsePersister::new(keys, api::api_keys::USE_PERSIST_EVERY).run(stop_dispatch.clone()),
+    );
 
     let http_stop = stop_http.clone();
     let http = tokio::spawn(
@@ -141,6 +147,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         tracing::warn!("attempts still in flight after the grace period; they will be retried after restart");
     }
     let _ = state_flusher.await;
+    let _ = key_use.await;
     store.sync()?;
     tracing::info!("hookd stopped");
     Ok(())

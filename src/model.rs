@@ -266,3 +266,46 @@ pub struct AttemptRecord {
     #[serde(default)]
     pub request_body: Option<String>,
 }
+
+/// What an API key may do. Which route needs which is decided in one table, `api::auth::ROUTES`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Read,
+    Write,
+    Delete,
+    Admin,
+}
+
+/// The tenant an API key is bound to. The serial, not only the id, is what binds: a tenant deleted and
+/// created again under the same id is another tenant, and its predecessor's keys do not open it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyTenant {
+    pub id: String,
+    pub serial: u64,
+}
+
+/// An API key. The key text (`hk_<prefix>_<secret>`) is shown once; only its SHA-256 is stored, and the
+/// key is found by its non-secret prefix.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiKeyRecord {
+    pub id: u64,
+    pub name: String,
+    /// The non-secret part of the key text, unique among keys; changes when the key is regenerated.
+    pub prefix: String,
+    /// SHA-256 of the whole key text.
+    pub secret_sha256: [u8; 32],
+    /// `None`: a global (operator) key.
+    pub tenant: Option<KeyTenant>,
+    /// Sorted, without duplicates, never empty.
+    pub scopes: Vec<Scope>,
+    /// Canonical CIDRs (`10.0.0.0/8`, `2001:db8::/32`, `127.0.0.1/32`); empty: any address.
+    pub allowed_ips: Vec<String>,
+    pub expires_at: Option<u64>,
+    /// Persisted periodically from memory (see `api::api_keys::UsePersister`), so it may lag a little.
+    pub last_used_at: Option<u64>,
+    /// Set when revoked; a revoked key stays listed and never works again.
+    pub revoked_at: Option<u64>,
+    pub created_at: u64,
+    pub updated_at: u64,
+}

@@ -1,8 +1,9 @@
 //! The HTTP API (axum): the contract in `API.md`, one file per resource.
 //!
-//! Every error is a [`problem::Problem`]; every `/v1` route needs a bearer token (for now the operator's
-//! admin token; scoped API keys come later and plug into [`auth`]).
+//! Every error is a [`problem::Problem`]; every `/v1` route needs a bearer token — the operator's admin
+//! token or a scoped API key — and is listed in [`auth::ROUTES`], which says what it needs.
 
+pub mod api_keys;
 pub mod attempts;
 pub mod auth;
 pub mod endpoints;
@@ -43,6 +44,8 @@ pub struct Shared {
     pub metrics: Option<PrometheusHandle>,
     /// SHA-256 of the operator's admin token.
     pub admin_token_hash: [u8; 32],
+    /// The API keys, read by [`auth::authenticate`] on every request.
+    pub keys: api_keys::KeyTable,
     /// Set while the log is over `storage.max_log_bytes`: ingest answers 503.
     pub log_full: AtomicBool,
     /// Cleared when shutdown starts: `/readyz` answers 503.
@@ -81,11 +84,155 @@ pub fn router(state: AppState) -> Router {
         .route("/tenants/{tenant}/endpoints/{id}/secret/rotate", post(endpoints::rotate_secret))
         .route("/tenants/{tenant}/attempts", get(attempts::list))
         .route("/tenants/{tenant}/attempts/{id}", get(attempts::get))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_admin));
+        .route("/api-keys", post(api_keys::create).get(api_keys::list))
+        .route("/api-keys/{id}", get(api_keys::get).patch(api_keys::update).delete(api_keys::revoke))
+        .route("/api-keys/{id}/regenerate", post(api_keys::regenerate))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate));
     let mut app =
         Router::new().nest("/v1", v1).route("/healthz", get(ops::healthz)).route("/readyz", get(ops::readyz));
     if state.metrics.is_some() {
         app = app.route("/metrics", get(ops::metrics));
     }
     app.fallback(ops::not_found).method_not_allowed_fallback(ops::method_not_allowed).with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use axum::body::Body;
+    use axum::extract::ConnectInfo;
+    use axum::http::{Method, Request, StatusCode};
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::deliver::client::{ClientSettings, HttpClient};
+    use crate::store::StoreSettings;
+
+    const TOKEN: &str = "unit-test-admin-token";
+
+    /// The real API state over a store in `dir`, with no dispatchers running.
+    fn state(dir: &std::path::Path) -> AppState {
+        let store = Store::open(&StoreSettings {
+            data_dir: dir.to_path_buf(),
+            durability: crate::config::Durability::Os,
+            cache_bytes: 1 << 20,
+            master_key: None,
+        })
+        .unwrap();
+        let registry = RegistryHandle::load(&store).unwrap();
+        let ids = Arc::new(IdGen::new(0));
+        let (committer, _thread) = Committer::spawn(store.clone(), ids.clone(), Box::new(|_| {})).unwrap();
+        let client = HttpClient::new(ClientSettings {
+            connect_timeout: Duration::from_secs(1),
+            max_response_body_bytes: 1024,
+            allow_http: true,
+            allow_private_destinations: true,
+            user_agent: "test".into(),
+        })
+        .unwrap();
+        let supervisor = crate::deliver::Supervisor::new(crate::deliver::Shared {
+            store: store.clone(),
+            registry: registry.clone(),
+            client,
+            ids: ids.clone(),
+            user_agent: http::HeaderValue::from_static("test"),
+            committed_upto: Default::default(),
+            routed_upto: Default::default(),
+            shutdown: Default::default(),
+        });
+        AppState::new(Shared {
+            config: Arc::new(Config::default()),
+            keys: api_keys::KeyTable::load(&store).unwrap(),
+            store,
+            registry,
+            committer,
+            progress: supervisor.progress(),
+            ids,
+            metrics: None,
+            admin_token_hash: auth::hash_token(TOKEN),
+            log_full: AtomicBool::new(false),
+            ready: AtomicBool::new(true),
+        })
+    }
+
+    async fn call(app: &Router, method: &Method, path: &str, token: Option<&str>) -> (StatusCode, String) {
+        let mut req = Request::builder().method(method).uri(path);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let mut req = req.body(Body::empty()).unwrap();
+        req.extensions_mut().insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 9))));
+        let resp = app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// The `/v1` route paths `router` declares, read from this file's source: axum cannot list a
+    /// router's routes, and a route added there must not escape this test.
+    fn declared_v1_paths() -> Vec<String> {
+        let source = include_str!("mod.rs");
+        let start = source.find("let v1 = Router::new()").unwrap();
+        let end = start + source[start..].find(".route_layer(").unwrap();
+        let re = regex::Regex::new(r#"\.route\(\s*"([^"]+)""#).unwrap();
+        let paths: Vec<String> =
+            re.captures_iter(&source[start..end]).map(|c| format!("/v1{}", &c[1])).collect();
+        assert!(paths.len() >= 10, "cannot read the routes from the source: {paths:?}");
+        paths
+    }
+
+    fn concrete(path: &str) -> String {
+        path.replace("{tenant}", "acme").replace("{id}", "x").replace("{name}", "x")
+    }
+
+    #[tokio::test]
+    async fn the_table_lists_exactly_the_routes_of_the_router() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = router(state(dir.path()));
+        let paths = declared_v1_paths();
+        for path in &paths {
+            for method in
+                [Method::GET, Method::HEAD, Method::POST, Method::PUT, Method::PATCH, Method::DELETE]
+            {
+                let (status, body) = call(&app, &method, &concrete(path), Some(TOKEN)).await;
+                let listed = auth::requirement(&method, path).is_some();
+                if status == StatusCode::METHOD_NOT_ALLOWED {
+                    assert!(!listed, "{method} {path} is in the table but not served");
+                    continue;
+                }
+                assert!(listed, "{method} {path} is served but not in auth::ROUTES");
+                // The admin token passes every listed route: its handler answered, whatever it said.
+                assert!(
+                    !matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN),
+                    "{method} {path}: {status} {body}"
+                );
+                let (status, _) = call(&app, &method, &concrete(path), None).await;
+                assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path} without a token");
+            }
+        }
+        for (method, path, _) in auth::ROUTES {
+            assert!(
+                paths.iter().any(|p| p == path),
+                "auth::ROUTES lists {method} {path}, which the router lacks"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_route_missing_from_the_table_is_refused_even_to_the_admin_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path());
+        let v1 = Router::new()
+            .route("/unlisted", get(|| async { "open" }))
+            .route("/tenants", get(|| async { "listed" }))
+            .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate));
+        let app = Router::new().nest("/v1", v1).with_state(state);
+        let (status, body) = call(&app, &Method::GET, "/v1/unlisted", Some(TOKEN)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        assert!(body.contains("no access rule"), "{body}");
+        let (status, body) = call(&app, &Method::GET, "/v1/tenants", Some(TOKEN)).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "listed"), "the nested path is matched in full");
+    }
 }

@@ -4,6 +4,7 @@ pub const TENANT: u8 = b't';
 pub const ENDPOINT: u8 = b'e';
 pub const EVENT_TYPE: u8 = b'y';
 pub const META: u8 = b'm';
+pub const API_KEY: u8 = b'k';
 pub const LOG: u8 = b'L';
 pub const IDEMPOTENCY: u8 = b'I';
 pub const CURSOR: u8 = b'C';

@@ -36,6 +36,7 @@
 //! newer binary reads an older record; a record with a version above [`records::FORMAT_VERSION`] is refused
 //! with [`StoreError::UnknownVersion`] rather than misread.
 
+mod api_keys;
 mod catalog;
 mod commit;
 mod durability;

@@ -4,6 +4,7 @@
 //! One module per capability (ingest, delivery, retries, batching, auth, …); `smoke` checks the harness
 //! itself and the daemon's process contract.
 
+mod access;
 mod admin;
 mod delivery;
 mod durability;
