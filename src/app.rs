@@ -3,8 +3,8 @@
 //!
 //! Shutdown order: stop accepting and drain HTTP requests (every acknowledged event is already durable)
 //! → stop the committer after the groups in hand → dispatchers finish the attempts in hand and persist
-//! their cursors → a final sync. Every wait is bounded by `server.shutdown_grace`; what does not finish
-//! in time is redone after the restart (at-least-once), never lost.
+//! their cursors → a final sync. The drain as a whole is bounded by `server.shutdown_grace`; what does not
+//! finish in time is redone after the restart (at-least-once), never lost.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -125,10 +125,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
 
     shutdown.await;
     let grace = config.server.shutdown_grace.0;
+    // One deadline for the whole drain, so that `shutdown_grace` bounds it (plus the final sync), and a
+    // service manager's stop timeout just above it is enough.
+    let deadline = tokio::time::Instant::now() + grace;
     tracing::info!(grace = ?grace, "draining");
     state.ready.store(false, Ordering::Release);
     stop_http.cancel();
-    match tokio::time::timeout(grace, http).await {
+    match tokio::time::timeout_at(deadline, http).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => tracing::error!(error = %e, "HTTP server error"),
         Ok(Err(e)) => tracing::error!(error = %e, "HTTP server task failed"),
@@ -143,7 +146,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         tracing::error!("the committer thread panicked");
     }
     stop_dispatch.cancel();
-    if tokio::time::timeout(grace, supervisor_task).await.is_err() {
+    if tokio::time::timeout_at(deadline, supervisor_task).await.is_err() {
         tracing::warn!("attempts still in flight after the grace period; they will be retried after restart");
     }
     let _ = state_flusher.await;
