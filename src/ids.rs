@@ -100,6 +100,11 @@ prefixed_id!(
     BatchId,
     "bat_"
 );
+prefixed_id!(
+    /// An entry of the audit trail.
+    AuditId,
+    "aud_"
+);
 
 /// The hybrid clock that hands out every id. Cheap to share (`Arc`), lock-free.
 #[derive(Debug)]

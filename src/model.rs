@@ -309,3 +309,24 @@ pub struct ApiKeyRecord {
     pub created_at: u64,
     pub updated_at: u64,
 }
+
+/// One authenticated write to the API, as the audit trail keeps it: who, what, when, from where, and
+/// how it ended. Never a request or response body, so never a secret.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// Unix ms.
+    pub at: u64,
+    /// `admin token` or the API key's id (`key_…`).
+    pub actor: String,
+    pub client_ip: Option<String>,
+    pub method: String,
+    /// The route as declared (`/v1/tenants/{tenant}/endpoints/{id}`).
+    pub route: String,
+    /// The path as requested.
+    pub path: String,
+    /// The tenant the write concerned: the path's, else the caller's binding.
+    pub tenant: Option<String>,
+    /// The object written: the path's id (or name), or the id a create answered with.
+    pub target: Option<String>,
+    pub status: u16,
+}

@@ -242,6 +242,8 @@ pub const ROUTES: &[(&str, &str, Class)] = &[
     ("PATCH", "/v1/api-keys/{id}", Class::KeyAdmin),
     ("DELETE", "/v1/api-keys/{id}", Class::KeyAdmin),
     ("POST", "/v1/api-keys/{id}/regenerate", Class::KeyAdmin),
+    // A tenant-bound key reads its own tenant's entries only (enforced by `audit::list`).
+    ("GET", "/v1/audit", Class::KeyAdmin),
 ];
 
 /// What a request needs.

@@ -4,6 +4,7 @@
 //! token or a scoped API key — and is listed in [`auth::ROUTES`], which says what it needs.
 
 pub mod api_keys;
+pub mod audit;
 pub mod attempts;
 pub mod auth;
 pub mod endpoints;
@@ -87,6 +88,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api-keys", post(api_keys::create).get(api_keys::list))
         .route("/api-keys/{id}", get(api_keys::get).patch(api_keys::update).delete(api_keys::revoke))
         .route("/api-keys/{id}/regenerate", post(api_keys::regenerate))
+        .route("/audit", get(audit::list))
+        // Layers run outside in, the last added first: authentication, then the audit trail (which
+        // needs the principal authentication leaves).
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), audit::record))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate));
     let mut app =
         Router::new().nest("/v1", v1).route("/healthz", get(ops::healthz)).route("/readyz", get(ops::readyz));

@@ -13,6 +13,7 @@ pub const QUEUE: u8 = b'Q';
 pub const ATTEMPT: u8 = b'A';
 pub const ATTEMPT_BY_ENDPOINT: u8 = b'a';
 pub const BATCH_OF: u8 = b'b';
+pub const AUDIT: u8 = b'U';
 
 /// `prefix ++ name`.
 pub fn named(prefix: u8, name: &str) -> Vec<u8> {

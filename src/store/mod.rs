@@ -20,6 +20,7 @@
 //! | `state`  | `A` T A                     | [`AttemptRecord`]                       | dispatcher            |
 //! | `state`  | `a` E A                     | empty: attempts by endpoint             | dispatcher            |
 //! | `state`  | `b` E V                     | batch id: the failed batch holding V    | dispatcher            |
+//! | `state`  | `U` id                      | [`AuditRecord`]: one authenticated write | API (audit layer)    |
 //!
 //! # Invariants
 //! - An ingest request is one sled batch on `log` (its events and idempotency keys together) and each
@@ -37,6 +38,7 @@
 //! with [`StoreError::UnknownVersion`] rather than misread.
 
 mod api_keys;
+mod audit;
 mod catalog;
 mod commit;
 mod durability;
@@ -50,6 +52,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use catalog::CatalogError;
+pub use audit::AuditFilter;
 pub use commit::{Accepted, CommitError, CommittedRecord, Committer, PreparedEvent};
 pub use history::{AttemptFilter, AttemptOutcomeWrite, DeliveryChange};
 pub use log::EventFilter;
@@ -178,6 +181,11 @@ impl Store {
             }
         }
         for item in self.inner.config.scan_prefix([keys::ENDPOINT]) {
+            let (k, _) = item?;
+            max = max.max(keys::trailing_u64(&k));
+        }
+        // Keys are `U` ++ id: the last one holds the largest.
+        if let Some(item) = self.inner.state.scan_prefix([keys::AUDIT]).next_back() {
             let (k, _) = item?;
             max = max.max(keys::trailing_u64(&k));
         }
