@@ -103,6 +103,7 @@ async fn a_request_without_a_token_gets_401_problem_json() {
     let content_type = response.header("content-type").unwrap_or_default();
     assert!(content_type.starts_with("application/problem+json"), "content-type {content_type:?}");
     assert_eq!(response.json()["status"], 401, "{}", response.text());
+    assert_eq!(response.header("www-authenticate"), Some("Bearer"));
 }
 
 #[tokio::test]
