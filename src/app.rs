@@ -97,7 +97,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let addr = listener.local_addr()?;
     let stop_http = CancellationToken::new();
     let metrics_server = match config.server.metrics_listen {
-        Some(maddr) => Some(serve_metrics(maddr, metrics, stop_http.clone()).await?),
+        Some(maddr) => Some(serve_metrics(maddr, metrics, server_limits(&config), stop_http.clone()).await?),
         None => None,
     };
     // The one line on stdout that tools (and the test harness) wait for.
@@ -116,12 +116,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         api::api_keys::UsePersister::new(keys, api::api_keys::USE_PERSIST_EVERY).run(stop_dispatch.clone()),
     );
 
-    let http_stop = stop_http.clone();
-    let http = tokio::spawn(
-        axum::serve(listener, api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move { http_stop.cancelled().await })
-            .into_future(),
-    );
+    let http = tokio::spawn(crate::server::serve(
+        listener,
+        api::router(state.clone()),
+        server_limits(&config),
+        stop_http.clone(),
+    ));
 
     shutdown.await;
     let grace = config.server.shutdown_grace.0;
@@ -132,8 +132,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     state.ready.store(false, Ordering::Release);
     stop_http.cancel();
     match tokio::time::timeout_at(deadline, http).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::error!(error = %e, "HTTP server error"),
+        Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::error!(error = %e, "HTTP server task failed"),
         Err(_) => tracing::warn!("HTTP requests still open after the grace period; closing them"),
     }
@@ -182,9 +181,17 @@ fn admin_token(config: &Config, store: &Store) -> anyhow::Result<[u8; 32]> {
 }
 
 /// Serves `/metrics` alone on its own address.
+fn server_limits(config: &Config) -> crate::server::Limits {
+    crate::server::Limits {
+        header_read_timeout: config.server.header_read_timeout.0,
+        max_connections: config.server.max_connections as usize,
+    }
+}
+
 async fn serve_metrics(
     addr: SocketAddr,
     handle: metrics_exporter_prometheus::PrometheusHandle,
+    limits: crate::server::Limits,
     stop: CancellationToken,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener =
@@ -198,13 +205,7 @@ async fn serve_metrics(
             async move { handle.render() }
         }),
     );
-    let task = tokio::spawn(async move {
-        let served =
-            axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "metrics server error");
-        }
-    });
+    let task = tokio::spawn(crate::server::serve(listener, app, limits, stop));
     Ok((bound, task))
 }
 

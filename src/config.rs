@@ -67,6 +67,12 @@ pub struct ServerConfig {
     /// How long SIGTERM waits for in-flight requests and delivery attempts, so a stuck receiver cannot block
     /// a restart forever while a normal one is not cut off mid-attempt.
     pub shutdown_grace: HumanDuration,
+    /// Time a client has to send a request's headers, and the most a kept-alive connection may sit idle:
+    /// a client trickling bytes (slow loris) cannot hold a connection longer.
+    pub header_read_timeout: HumanDuration,
+    /// Open client connections at most; past it new connections are closed at once, so a flood cannot
+    /// exhaust file descriptors that the store and outbound deliveries need.
+    pub max_connections: u32,
 }
 
 impl Default for ServerConfig {
@@ -75,6 +81,8 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             metrics_listen: None,
             shutdown_grace: HumanDuration::from_secs(30),
+            header_read_timeout: HumanDuration::from_secs(10),
+            max_connections: 10_000,
         }
     }
 }
@@ -303,6 +311,15 @@ impl Config {
     fn violation(&self) -> Option<Violation> {
         let (server, storage, delivery, limits) = (&self.server, &self.storage, &self.delivery, &self.limits);
         let violation = |key, related, message: String| Some(Violation { key, related, message });
+        let header_timeout = server.header_read_timeout.0;
+        if header_timeout < Duration::from_millis(100) || header_timeout > Duration::from_secs(300) {
+            let message = format!("must be between 100ms and 5m, got {}", server.header_read_timeout);
+            return violation("server.header_read_timeout", None, message);
+        }
+        if !(1..=1_000_000).contains(&server.max_connections) {
+            let message = format!("must be between 1 and 1000000, got {}", server.max_connections);
+            return violation("server.max_connections", None, message);
+        }
         if storage.data_dir.as_os_str().is_empty() {
             return violation("storage.data_dir", None, "must not be empty".to_owned());
         }

@@ -43,6 +43,7 @@ pub mod model;
 pub mod registry;
 pub mod route;
 pub mod schema;
+pub mod server;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

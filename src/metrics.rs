@@ -18,6 +18,7 @@ pub const ENDPOINTS_DISABLED: &str = "hookd_endpoints_disabled_total";
 pub const RATE_LIMIT_WAITS: &str = "hookd_rate_limit_waits_total";
 pub const RATE_LIMIT_WAIT_SECONDS: &str = "hookd_rate_limit_wait_seconds";
 pub const LOG_BYTES: &str = "hookd_log_bytes";
+pub const CONNECTIONS_REFUSED: &str = "hookd_http_connections_refused_total";
 
 /// Installs the Prometheus recorder and describes every family. Returns the handle `/metrics` renders.
 pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
@@ -46,6 +47,10 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
     describe_counter!(RATE_LIMIT_WAITS, "Times a dispatcher waited for its endpoint's rate limiter.");
     describe_histogram!(RATE_LIMIT_WAIT_SECONDS, "How long dispatchers waited for their rate limiter.");
     describe_gauge!(LOG_BYTES, "Bytes the data directory uses on disk.");
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Client connections closed at once: server.max_connections were open."
+    );
     Ok(handle)
 }
 
@@ -89,4 +94,8 @@ pub fn endpoint_disabled() {
 pub fn rate_limited(wait: Duration) {
     counter!(RATE_LIMIT_WAITS).increment(1);
     histogram!(RATE_LIMIT_WAIT_SECONDS).record(wait.as_secs_f64());
+}
+
+pub fn connection_refused() {
+    counter!(CONNECTIONS_REFUSED).increment(1);
 }

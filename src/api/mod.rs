@@ -4,8 +4,8 @@
 //! token or a scoped API key — and is listed in [`auth::ROUTES`], which says what it needs.
 
 pub mod api_keys;
-pub mod audit;
 pub mod attempts;
+pub mod audit;
 pub mod auth;
 pub mod endpoints;
 pub mod event_types;

@@ -51,8 +51,8 @@ pub mod seal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use catalog::CatalogError;
 pub use audit::AuditFilter;
+pub use catalog::CatalogError;
 pub use commit::{Accepted, CommitError, CommittedRecord, Committer, PreparedEvent};
 pub use history::{AttemptFilter, AttemptOutcomeWrite, DeliveryChange};
 pub use log::EventFilter;

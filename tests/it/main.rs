@@ -11,6 +11,7 @@ mod delivery;
 mod durability;
 mod harness;
 mod ingest;
+mod limits;
 mod outbound;
 mod receiver;
 mod secrets;
