@@ -10,6 +10,7 @@ mod audit;
 mod delivery;
 mod durability;
 mod harness;
+mod hostile;
 mod ingest;
 mod limits;
 mod outbound;
