@@ -54,6 +54,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             .unwrap_or(usize::MAX),
         allow_http: config.delivery.allow_http,
         allow_private_destinations: config.delivery.allow_private_destinations,
+        // Validated with the config.
+        private_allowlist: config.delivery.private_allowlist().unwrap_or_default(),
         user_agent: user_agent(),
     })
     .context("building the HTTP client")?;

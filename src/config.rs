@@ -75,6 +75,22 @@ pub struct ServerConfig {
     pub max_connections: u32,
 }
 
+impl DeliveryConfig {
+    /// `private_destination_allowlist`, parsed: a bare address is its own /32 or /128.
+    pub fn private_allowlist(&self) -> Result<Vec<ipnet::IpNet>, String> {
+        self.private_destination_allowlist
+            .split([',', ' '])
+            .filter(|entry| !entry.is_empty())
+            .map(|entry| {
+                entry
+                    .parse::<ipnet::IpNet>()
+                    .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| format!("{entry:?} is not an IP address or CIDR (e.g. 10.20.0.0/16)"))
+            })
+            .collect()
+    }
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
@@ -196,6 +212,10 @@ pub struct DeliveryConfig {
     /// Allow private, loopback and link-local destinations. Off so tenants cannot use hookd to reach internal
     /// services (SSRF); turn on for tests and single-tenant deployments inside a private network.
     pub allow_private_destinations: bool,
+    /// Networks deliveries may reach even though the SSRF guard forbids them (a receiver on the LAN):
+    /// CIDRs or addresses separated by commas or spaces, `""` for none. Narrower than
+    /// `allow_private_destinations`, which opens everything.
+    pub private_destination_allowlist: String,
     /// Default limit for a whole attempt in milliseconds; bounds how long a slow receiver holds a delivery
     /// slot.
     pub timeout_ms: u64,
@@ -217,6 +237,7 @@ impl Default for DeliveryConfig {
         Self {
             allow_http: false,
             allow_private_destinations: false,
+            private_destination_allowlist: String::new(),
             timeout_ms: 15_000,
             connect_timeout_ms: 5_000,
             max_response_body_bytes: ByteSize::kib(64),
@@ -335,6 +356,9 @@ impl Config {
         if !(100..=120_000).contains(&delivery.timeout_ms) {
             let message = format!("must be between 100 and 120000, got {}", delivery.timeout_ms);
             return violation("delivery.timeout_ms", None, message);
+        }
+        if let Err(message) = delivery.private_allowlist() {
+            return violation("delivery.private_destination_allowlist", None, message);
         }
         let master_key = &self.auth.master_key;
         if !master_key.is_empty() && master_key.chars().count() < MIN_MASTER_KEY_LEN {

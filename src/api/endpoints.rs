@@ -17,7 +17,7 @@ use super::extract::{JsonBody, P, Page, Q, Tenant, parse_json};
 use super::problem::{FieldError, Problem};
 use super::views::{EndpointView, ListView};
 use crate::config::DeliveryConfig;
-use crate::deliver::client::is_forbidden_destination;
+use crate::deliver::client::DestinationPolicy;
 use crate::deliver::sign::Secret;
 use crate::filter::Filter;
 use crate::ids::EndpointId;
@@ -284,15 +284,19 @@ fn check_url(url: &str, delivery: &DeliveryConfig, errors: &mut Vec<FieldError>)
         return fail("must have a host");
     }
     if !delivery.allow_private_destinations {
+        let policy = DestinationPolicy {
+            allow_private: false,
+            allowlist: delivery.private_allowlist().unwrap_or_default(),
+        };
         let private = match host.parse::<std::net::IpAddr>() {
-            Ok(ip) => is_forbidden_destination(ip),
+            Ok(ip) => !policy.permits(ip),
             Err(_) => {
                 host.eq_ignore_ascii_case("localhost") || host.to_ascii_lowercase().ends_with(".localhost")
             }
         };
         if private {
             fail(
-                "points to a private, loopback or link-local address, which is refused (delivery.allow_private_destinations)",
+                "points to a private, loopback or link-local address, which is refused (delivery.allow_private_destinations, delivery.private_destination_allowlist)",
             );
         }
     }

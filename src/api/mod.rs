@@ -134,6 +134,7 @@ mod tests {
             max_response_body_bytes: 1024,
             allow_http: true,
             allow_private_destinations: true,
+            private_allowlist: Vec::new(),
             user_agent: "test".into(),
         })
         .unwrap();

@@ -39,7 +39,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use ssrf::GuardedResolver;
-pub use ssrf::{ResolveError, is_forbidden_destination};
+pub use ssrf::{DestinationPolicy, ResolveError, is_forbidden_destination};
 
 /// An error of any type, kept as the cause of a [`SendError`].
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -61,6 +61,8 @@ pub struct ClientSettings {
     pub allow_http: bool,
     /// Turn the SSRF guard off (tests, local development, receivers on a private network).
     pub allow_private_destinations: bool,
+    /// Networks deliveries may reach although the SSRF guard forbids them (a receiver on the LAN).
+    pub private_allowlist: Vec<ipnet::IpNet>,
     /// Sent when the request has no `user-agent` of its own.
     pub user_agent: String,
 }
@@ -78,6 +80,8 @@ struct Shared {
     /// without verification is never reused by a request that asked for it.
     non_verifying: Pool,
     settings: ClientSettings,
+    /// Where deliveries may connect; shared with both pools' resolvers.
+    policy: Arc<DestinationPolicy>,
     user_agent: HeaderValue,
 }
 
@@ -177,11 +181,16 @@ impl HttpClient {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(any_certificate))
             .with_no_client_auth();
+        let policy = Arc::new(DestinationPolicy {
+            allow_private: settings.allow_private_destinations,
+            allowlist: settings.private_allowlist.clone(),
+        });
         Ok(HttpClient {
             shared: Arc::new(Shared {
-                verifying: pool(verifying_tls, &settings),
-                non_verifying: pool(non_verifying_tls, &settings),
+                verifying: pool(verifying_tls, &settings, policy.clone()),
+                non_verifying: pool(non_verifying_tls, &settings, policy.clone()),
                 settings,
+                policy,
                 user_agent,
             }),
         })
@@ -214,8 +223,7 @@ impl HttpClient {
         // bracket stripping matches the connector's own.
         let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
         if let Ok(addr) = bare.parse::<IpAddr>()
-            && !settings.allow_private_destinations
-            && is_forbidden_destination(addr)
+            && !self.shared.policy.permits(addr)
         {
             return Err(SendError::Blocked { host: host.to_owned(), addr });
         }
@@ -254,8 +262,8 @@ impl fmt::Debug for HttpClient {
     }
 }
 
-fn pool(tls: ClientConfig, settings: &ClientSettings) -> Pool {
-    let mut tcp = HttpConnector::new_with_resolver(GuardedResolver::new(settings.allow_private_destinations));
+fn pool(tls: ClientConfig, settings: &ClientSettings, policy: Arc<DestinationPolicy>) -> Pool {
+    let mut tcp = HttpConnector::new_with_resolver(GuardedResolver::new(policy));
     // The TLS connector wraps this one, so it must let https:// through.
     tcp.enforce_http(false);
     tcp.set_connect_timeout(Some(settings.connect_timeout));

@@ -42,3 +42,41 @@ async fn a_name_resolving_to_loopback_is_refused_at_connect_time_and_recorded() 
     assert_eq!(attempt["status_code"], serde_json::Value::Null, "{attempt}");
     assert_eq!(receiver.count(), 0, "the receiver was reached");
 }
+
+#[tokio::test]
+async fn an_allowlisted_private_network_is_reachable_and_nothing_else_is() {
+    let receiver = Receiver::start().await;
+    let daemon = Daemon::start_with(|s| {
+        s.set("delivery.allow_private_destinations", false)
+            .set("delivery.allow_http", true)
+            .set("delivery.private_destination_allowlist", "10.0.0.0/8, 127.0.0.1/32");
+    })
+    .await;
+    daemon.create_tenant("acme").await;
+    // Allowed: the receiver's loopback address is listed, by literal and by a name resolving to it.
+    let port = receiver.addr().port();
+    daemon.create_endpoint("acme", json!({ "url": format!("http://127.0.0.1:{port}/literal") })).await;
+    daemon.create_endpoint("acme", json!({ "url": format!("http://2130706433:{port}/name") })).await;
+    // Not listed: 127.0.0.2 is loopback too, but outside the list.
+    let (status, body) = daemon
+        .post("/v1/tenants/acme/endpoints", json!({ "url": format!("http://127.0.0.2:{port}/x") }))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    daemon.ingest("acme", "ticket.created", json!({ "n": 1 })).await;
+    let got = receiver.wait_for(2, Duration::from_secs(10)).await;
+    let mut paths: Vec<&str> = got.iter().map(|r| r.uri.as_str()).collect();
+    paths.sort_unstable();
+    assert_eq!(paths, ["/literal", "/name"]);
+}
+
+#[tokio::test]
+async fn a_malformed_allowlist_stops_the_start_naming_the_key() {
+    let failure = Daemon::try_start_with(|s| {
+        s.set("delivery.private_destination_allowlist", "10.0.0.0/8, not-a-network");
+    })
+    .await
+    .err()
+    .unwrap_or_else(|| panic!("started with a malformed allowlist"));
+    assert!(failure.stderr_text().contains("delivery.private_destination_allowlist"), "{failure}");
+    assert_eq!(failure.status.and_then(|s| s.code()), Some(64), "{failure}");
+}

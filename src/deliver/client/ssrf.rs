@@ -112,15 +112,36 @@ pub enum ResolveError {
     Blocked { host: String, addr: IpAddr },
 }
 
+/// Which destinations deliveries may reach: public addresses always; forbidden ones (see
+/// [`is_forbidden_destination`]) only when private destinations are allowed outright, or when an
+/// operator-listed network holds them (`delivery.private_destination_allowlist`: an ERP on the LAN).
+#[derive(Clone, Debug, Default)]
+pub struct DestinationPolicy {
+    pub allow_private: bool,
+    pub allowlist: Vec<ipnet::IpNet>,
+}
+
+impl DestinationPolicy {
+    /// May a delivery connect to `ip`?
+    pub fn permits(&self, ip: IpAddr) -> bool {
+        // IPv4-mapped IPv6 is matched as the IPv4 address it is.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        self.allow_private || !is_forbidden_destination(ip) || self.allowlist.iter().any(|n| n.contains(&ip))
+    }
+}
+
 /// The connector's DNS resolver: tokio's `getaddrinfo`, then the SSRF filter.
 #[derive(Clone, Debug)]
 pub struct GuardedResolver {
-    allow_private: bool,
+    policy: std::sync::Arc<DestinationPolicy>,
 }
 
 impl GuardedResolver {
-    pub fn new(allow_private: bool) -> GuardedResolver {
-        GuardedResolver { allow_private }
+    pub fn new(policy: std::sync::Arc<DestinationPolicy>) -> GuardedResolver {
+        GuardedResolver { policy }
     }
 }
 
@@ -134,7 +155,7 @@ impl tower::Service<Name> for GuardedResolver {
     }
 
     fn call(&mut self, name: Name) -> Self::Future {
-        let allow_private = self.allow_private;
+        let policy = self.policy.clone();
         Box::pin(async move {
             let host = name.as_str();
             // Port 0: the connector puts the URL's port on every address it gets back.
@@ -142,7 +163,7 @@ impl tower::Service<Name> for GuardedResolver {
                 Ok(addrs) => addrs.collect(),
                 Err(source) => return Err(ResolveError::Lookup { host: host.to_owned(), source }),
             };
-            filter_addresses(host, resolved, allow_private).map(Vec::into_iter)
+            filter_addresses(host, resolved, &policy).map(Vec::into_iter)
         })
     }
 }
@@ -151,16 +172,14 @@ impl tower::Service<Name> for GuardedResolver {
 pub fn filter_addresses(
     host: &str,
     mut addrs: Vec<SocketAddr>,
-    allow_private: bool,
+    policy: &DestinationPolicy,
 ) -> Result<Vec<SocketAddr>, ResolveError> {
     let Some(first) = addrs.first().copied() else {
         return Err(ResolveError::NoAddress { host: host.to_owned() });
     };
-    if !allow_private {
-        addrs.retain(|a| !is_forbidden_destination(a.ip()));
-        if addrs.is_empty() {
-            return Err(ResolveError::Blocked { host: host.to_owned(), addr: first.ip() });
-        }
+    addrs.retain(|a| policy.permits(a.ip()));
+    if addrs.is_empty() {
+        return Err(ResolveError::Blocked { host: host.to_owned(), addr: first.ip() });
     }
     Ok(addrs)
 }
@@ -171,6 +190,30 @@ mod tests {
 
     fn forbidden(s: &str) -> bool {
         is_forbidden_destination(s.parse().unwrap())
+    }
+
+    fn strict() -> DestinationPolicy {
+        DestinationPolicy::default()
+    }
+
+    fn open() -> DestinationPolicy {
+        DestinationPolicy { allow_private: true, allowlist: vec![] }
+    }
+
+    #[test]
+    fn an_allowlist_opens_only_its_networks() {
+        let policy = DestinationPolicy {
+            allow_private: false,
+            allowlist: vec!["10.20.0.0/16".parse().unwrap(), "fd00:1::/64".parse().unwrap()],
+        };
+        for ok in ["10.20.3.4", "fd00:1::5", "::ffff:10.20.0.1", "93.184.216.34"] {
+            assert!(policy.permits(ok.parse().unwrap()), "{ok}");
+        }
+        for refused in ["10.21.0.1", "127.0.0.1", "169.254.169.254", "fd00:2::1", "::ffff:127.0.0.1"] {
+            assert!(!policy.permits(refused.parse().unwrap()), "{refused}");
+        }
+        assert!(!strict().permits("10.20.3.4".parse().unwrap()));
+        assert!(open().permits("127.0.0.1".parse().unwrap()));
     }
 
     #[test]
@@ -268,12 +311,12 @@ mod tests {
     fn the_filter_keeps_allowed_addresses_in_order() {
         let a = |s: &str| -> SocketAddr { s.parse().unwrap() };
         let mixed = vec![a("10.0.0.1:0"), a("8.8.8.8:0"), a("[::1]:0"), a("[2606:4700::1]:0")];
-        let kept = filter_addresses("mixed.example", mixed.clone(), false).unwrap();
+        let kept = filter_addresses("mixed.example", mixed.clone(), &strict()).unwrap();
         assert_eq!(kept, [a("8.8.8.8:0"), a("[2606:4700::1]:0")]);
-        assert_eq!(filter_addresses("mixed.example", mixed.clone(), true).unwrap(), mixed);
+        assert_eq!(filter_addresses("mixed.example", mixed.clone(), &open()).unwrap(), mixed);
 
         let private = vec![a("169.254.169.254:0"), a("[fd00::1]:0")];
-        match filter_addresses("metadata.example", private, false) {
+        match filter_addresses("metadata.example", private, &strict()) {
             Err(ResolveError::Blocked { host, addr }) => {
                 assert_eq!(host, "metadata.example");
                 assert_eq!(addr, "169.254.169.254".parse::<IpAddr>().unwrap());
@@ -281,7 +324,7 @@ mod tests {
             other => panic!("expected Blocked, got {other:?}"),
         }
         assert!(matches!(
-            filter_addresses("none.example", vec![], true),
+            filter_addresses("none.example", vec![], &open()),
             Err(ResolveError::NoAddress { .. })
         ));
     }
@@ -290,9 +333,10 @@ mod tests {
     async fn the_resolver_refuses_localhost_unless_allowed() {
         use tower::ServiceExt as _;
         let name: Name = "localhost".parse().unwrap();
-        let refused = GuardedResolver::new(false).oneshot(name.clone()).await;
+        let refused = GuardedResolver::new(std::sync::Arc::new(strict())).oneshot(name.clone()).await;
         assert!(matches!(refused, Err(ResolveError::Blocked { .. })), "{refused:?}");
-        let allowed: Vec<SocketAddr> = GuardedResolver::new(true).oneshot(name).await.unwrap().collect();
+        let allowed: Vec<SocketAddr> =
+            GuardedResolver::new(std::sync::Arc::new(open())).oneshot(name).await.unwrap().collect();
         assert!(allowed.iter().all(|a| a.ip().is_loopback()), "{allowed:?}");
         assert!(!allowed.is_empty());
     }

@@ -18,6 +18,7 @@ fn settings() -> ClientSettings {
         max_response_body_bytes: 64 * 1024,
         allow_http: true,
         allow_private_destinations: true,
+        private_allowlist: Vec::new(),
         user_agent: "hookd/test".into(),
     }
 }
