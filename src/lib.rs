@@ -40,6 +40,7 @@ pub mod ids;
 pub mod ingest;
 pub mod metrics;
 pub mod model;
+pub mod offline;
 pub mod registry;
 pub mod route;
 pub mod schema;

@@ -39,8 +39,49 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Create an API key directly in the data dir (the daemon must be stopped), e.g. the first key of a
+    /// fresh install. Prints the key once.
+    CreateApiKey {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// A name to recognize the key by.
+        #[arg(long)]
+        name: String,
+        /// A scope it holds; repeat for several: read, write, delete, admin.
+        #[arg(long = "scope", required = true, value_parser = hookd::offline::parse_scope)]
+        scopes: Vec<hookd::model::Scope>,
+        /// Bind the key to this tenant (default: a global key).
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Print what the data dir holds (the daemon must be stopped).
+    Inspect {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Print the version.
     Version,
+}
+
+/// Runs an offline admin command: its output on stdout, or its error and exit code 1.
+fn offline(
+    config: Option<&std::path::Path>,
+    run: impl FnOnce(&Config) -> anyhow::Result<String>,
+) -> ExitCode {
+    let config = match load(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match run(&config) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hookd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn load(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
@@ -59,6 +100,10 @@ fn main() -> ExitCode {
             println!("hookd {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
+        Command::CreateApiKey { config, name, scopes, tenant } => offline(config.as_deref(), |c| {
+            hookd::offline::create_api_key(c, &name, &scopes, tenant.as_deref())
+        }),
+        Command::Inspect { config } => offline(config.as_deref(), hookd::offline::inspect),
         Command::CheckConfig { config } => match load(config.as_deref()) {
             Ok(c) => {
                 print!("{}", c.to_redacted_toml());
