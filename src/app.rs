@@ -61,13 +61,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     .context("building the HTTP client")?;
 
     let stop_dispatch = CancellationToken::new();
+    let agent = http::HeaderValue::from_str(&user_agent()).unwrap_or(http::HeaderValue::from_static("hookd"));
     let supervisor = Supervisor::new(Shared {
         store: store.clone(),
         registry: registry.clone(),
-        client,
+        client: client.clone(),
         ids: ids.clone(),
-        user_agent: http::HeaderValue::from_str(&user_agent())
-            .unwrap_or(http::HeaderValue::from_static("hookd")),
+        user_agent: agent.clone(),
         committed_upto: std::sync::atomic::AtomicU64::new(store.max_event_id()?),
         routed_upto: Default::default(),
         shutdown: stop_dispatch.clone(),
@@ -90,6 +90,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         metrics: (!separate_metrics).then(|| metrics.clone()),
         admin_token_hash,
         keys: keys.clone(),
+        client,
+        user_agent: agent,
         log_full: AtomicBool::new(false),
         ready: AtomicBool::new(true),
     });

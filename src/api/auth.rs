@@ -234,6 +234,7 @@ pub const ROUTES: &[(&str, &str, Class)] = &[
     ("DELETE", "/v1/tenants/{tenant}/endpoints/{id}", Class::Tenant),
     ("GET", "/v1/tenants/{tenant}/endpoints/{id}/secret", Class::Tenant),
     ("POST", "/v1/tenants/{tenant}/endpoints/{id}/secret/rotate", Class::Tenant),
+    ("POST", "/v1/tenants/{tenant}/endpoints/{id}/test", Class::Tenant),
     ("GET", "/v1/tenants/{tenant}/attempts", Class::Tenant),
     ("GET", "/v1/tenants/{tenant}/attempts/{id}", Class::Tenant),
     ("POST", "/v1/api-keys", Class::KeyAdmin),

@@ -18,14 +18,16 @@ use super::problem::{FieldError, Problem};
 use super::views::{EndpointView, ListView};
 use crate::config::DeliveryConfig;
 use crate::deliver::client::DestinationPolicy;
+use crate::deliver::dispatcher::{prepare_attempt, send};
 use crate::deliver::sign::Secret;
 use crate::filter::Filter;
 use crate::ids::EndpointId;
 use crate::ingest::{valid_channel, valid_type_name};
 use crate::model::{
-    BatchPolicy, EndpointRecord, HttpMethod, PayloadFormat, RateLimit, RetiredSecret, RetryPolicy,
-    TenantRecord,
+    BatchPolicy, EndpointRecord, EventRecord, HttpMethod, PayloadFormat, RateLimit, RetiredSecret,
+    RetryPolicy, TenantRecord, Trigger,
 };
+use crate::store::{AttemptOutcomeWrite, DeliveryChange};
 use crate::template::{PayloadTemplate, UrlTemplate};
 
 pub const MAX_URL_LEN: usize = 2048;
@@ -472,6 +474,79 @@ pub async fn secret(
 ) -> Result<Json<Value>, Problem> {
     let rec = find(&state, &tenant, &id)?;
     Ok(Json(json!({ "key": rec.secret })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestIn {
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// The payload to send; the catalog's example of the type when absent.
+    #[serde(default)]
+    pub payload: Option<Box<serde_json::value::RawValue>>,
+}
+
+/// `POST …/test`: sends one event of `type` to the endpoint now — signed, shaped and templated like any
+/// delivery — and answers `200` with the attempt, whatever the receiver said (the test ran; the
+/// attempt tells how). The event is made up for the test: a fresh `evt_…` id, in no log, routed to no
+/// other endpoint, never retried; the attempt is in the history with `trigger: test`. It runs on a
+/// disabled endpoint too: testing before enabling is the point.
+pub async fn test_send(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    P((_, id)): P<(String, String)>,
+    JsonBody(body): JsonBody<TestIn>,
+) -> Result<Json<super::views::AttemptView>, Problem> {
+    if !valid_type_name(&body.event_type) {
+        return Err(Problem::invalid_field("type", "not a valid event type name"));
+    }
+    let id = endpoint_id(&id)?;
+    let snapshot = state.registry.snapshot();
+    let entry = snapshot.tenant_endpoint(tenant.serial, id).ok_or_else(|| Problem::not_found("endpoint"))?;
+    let payload = match body.payload {
+        Some(p) if p.get().trim_start().starts_with('{') => p.get().trim().to_owned(),
+        Some(_) => return Err(Problem::invalid_field("payload", "must be a JSON object")),
+        None => snapshot.event_type(&body.event_type).and_then(|t| t.example.clone()).ok_or_else(|| {
+            Problem::invalid_field(
+                "payload",
+                format!("the catalog has no example for {}: give a payload", body.event_type),
+            )
+        })?,
+    };
+    let now = crate::time::now_ms();
+    let event_id = state.ids.next();
+    let event = EventRecord {
+        event_type: body.event_type,
+        channels: Vec::new(),
+        payload,
+        received_at: now,
+        idempotency_key: None,
+        routes: Vec::new(),
+    };
+    let (attempt, req) = prepare_attempt(
+        entry,
+        event_id,
+        None,
+        &[(event_id, &event)],
+        &state.user_agent,
+        1,
+        Trigger::Test,
+        now,
+    );
+    let (attempt, _verdict) = send(state.client.clone(), req, attempt).await;
+    let attempt_id = state.ids.next();
+    let write = AttemptOutcomeWrite {
+        tenant: tenant.serial,
+        endpoint: id,
+        attempt_id,
+        attempt: &attempt,
+        delivery: &DeliveryChange::Unchanged,
+        cursor: None,
+    };
+    state.store.write_attempt_outcome(&write)?;
+    let mut view = super::views::AttemptView::new(attempt_id, &attempt, true);
+    view.request_body = attempt.request_body.clone();
+    Ok(Json(view))
 }
 
 /// Default time the previous secret keeps signing after a rotation.

@@ -45,6 +45,9 @@ pub struct Shared {
     pub metrics: Option<PrometheusHandle>,
     /// SHA-256 of the operator's admin token.
     pub admin_token_hash: [u8; 32],
+    /// The outbound client (shared pools with the dispatchers), for test sends.
+    pub client: crate::deliver::client::HttpClient,
+    pub user_agent: http::HeaderValue,
     /// The API keys, read by [`auth::authenticate`] on every request.
     pub keys: api_keys::KeyTable,
     /// Set while the log is over `storage.max_log_bytes`: ingest answers 503.
@@ -83,6 +86,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/tenants/{tenant}/endpoints/{id}/secret", get(endpoints::secret))
         .route("/tenants/{tenant}/endpoints/{id}/secret/rotate", post(endpoints::rotate_secret))
+        .route("/tenants/{tenant}/endpoints/{id}/test", post(endpoints::test_send))
         .route("/tenants/{tenant}/attempts", get(attempts::list))
         .route("/tenants/{tenant}/attempts/{id}", get(attempts::get))
         .route("/api-keys", post(api_keys::create).get(api_keys::list))
@@ -141,7 +145,7 @@ mod tests {
         let supervisor = crate::deliver::Supervisor::new(crate::deliver::Shared {
             store: store.clone(),
             registry: registry.clone(),
-            client,
+            client: client.clone(),
             ids: ids.clone(),
             user_agent: http::HeaderValue::from_static("test"),
             committed_upto: Default::default(),
@@ -158,6 +162,8 @@ mod tests {
             ids,
             metrics: None,
             admin_token_hash: auth::hash_token(TOKEN),
+            client,
+            user_agent: http::HeaderValue::from_static("test"),
             log_full: AtomicBool::new(false),
             ready: AtomicBool::new(true),
         })

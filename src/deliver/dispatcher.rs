@@ -401,38 +401,16 @@ impl Dispatcher {
             Job::First { events, batch_id } => (batch_id.or(events.first().copied()).unwrap_or(0), *batch_id),
             Job::Retry { webhook_id, record, .. } => (*webhook_id, record.batch_id),
         };
-        let webhook_id_text = webhook_text(webhook_id, batch_id);
-        let batch = batch_id.is_some();
-        let built = request::build(entry, &webhook_id_text, events, batch, &self.shared.user_agent, now);
-        let attempt = AttemptRecord {
-            endpoint_id: self.endpoint,
+        let (attempt, req) = prepare_attempt(
+            entry,
             webhook_id,
-            batch,
-            events: events.iter().map(|(id, _)| *id).collect(),
-            url: built.url.clone(),
-            method: entry.record.method,
-            sent_at: now,
-            succeeded: false,
-            status_code: None,
-            request_headers: request::recorded_headers(&built.headers),
-            response_headers: Vec::new(),
-            response_body: String::new(),
-            response_truncated: false,
-            error_class: None,
-            error: None,
-            duration_ms: 0,
+            batch_id,
+            events,
+            &self.shared.user_agent,
             attempt_number,
             trigger,
-            request_body: built.templated.then(|| request::recorded_body(&built.body)),
-        };
-        let req = OutboundRequest {
-            method: entry.record.method.as_http(),
-            url: built.url,
-            headers: built.headers,
-            body: built.body,
-            timeout: Duration::from_millis(entry.record.timeout_ms),
-            verify_tls: entry.record.verify_tls,
-        };
+            now,
+        );
         let client = self.shared.client.clone();
         let attempt_id = self.shared.ids.next();
         self.in_flight.spawn(async move {
@@ -506,7 +484,7 @@ impl Dispatcher {
                 }
                 let webhook_id = batch_id.or(events.first().copied()).unwrap_or(0);
                 if succeeded {
-                    DeliveryChange::FirstTrySuccess
+                    DeliveryChange::Unchanged
                 } else {
                     let record = DeliveryRecord {
                         events,
@@ -672,7 +650,58 @@ async fn sleep_until(at: Option<Instant>) {
 }
 
 /// Sends one request and fills in the attempt record with what came back.
-async fn send(
+/// The request for these events and the attempt record to fill in when it is sent. `batch_id` set: a
+/// batch, whose `webhook-id` is the batch's.
+#[allow(clippy::too_many_arguments)]
+pub fn prepare_attempt(
+    entry: &EndpointEntry,
+    webhook_id: u64,
+    batch_id: Option<u64>,
+    events: &[(u64, &EventRecord)],
+    user_agent: &http::HeaderValue,
+    attempt_number: u32,
+    trigger: Trigger,
+    now: u64,
+) -> (AttemptRecord, OutboundRequest) {
+    let webhook_id_text = webhook_text(webhook_id, batch_id);
+    let batch = batch_id.is_some();
+    let built = request::build(entry, &webhook_id_text, events, batch, user_agent, now);
+    // A test send's event is in no log: its body can only be shown if it is kept.
+    let keep_body = built.templated || trigger == Trigger::Test;
+    let attempt = AttemptRecord {
+        endpoint_id: entry.record.id,
+        webhook_id,
+        batch,
+        events: events.iter().map(|(id, _)| *id).collect(),
+        url: built.url.clone(),
+        method: entry.record.method,
+        sent_at: now,
+        succeeded: false,
+        status_code: None,
+        request_headers: request::recorded_headers(&built.headers),
+        response_headers: Vec::new(),
+        response_body: String::new(),
+        response_truncated: false,
+        error_class: None,
+        error: None,
+        duration_ms: 0,
+        attempt_number,
+        trigger,
+        request_body: keep_body.then(|| request::recorded_body(&built.body)),
+    };
+    let req = OutboundRequest {
+        method: entry.record.method.as_http(),
+        url: built.url,
+        headers: built.headers,
+        body: built.body,
+        timeout: Duration::from_millis(entry.record.timeout_ms),
+        verify_tls: entry.record.verify_tls,
+    };
+    (attempt, req)
+}
+
+/// Sends one prepared request and completes its attempt record with what came back.
+pub async fn send(
     client: HttpClient,
     req: OutboundRequest,
     mut attempt: AttemptRecord,

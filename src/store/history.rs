@@ -7,8 +7,9 @@ use crate::model::{AttemptRecord, DeliveryRecord};
 /// How an attempt's outcome changes the delivery it belongs to.
 #[derive(Debug, Clone)]
 pub enum DeliveryChange {
-    /// A first attempt that succeeded: the cursor passing the event records it, nothing else is written.
-    FirstTrySuccess,
+    /// No delivery state to write: a first attempt that succeeded (the cursor passing the event records
+    /// it), or a test send (which belongs to no delivery).
+    Unchanged,
     /// Store the delivery's new state; move its retry-queue entry from `old_due` to `new_due`.
     Put { webhook_id: u64, record: DeliveryRecord, old_due: Option<u64>, new_due: Option<u64> },
 }

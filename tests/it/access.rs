@@ -439,7 +439,13 @@ async fn another_tenants_object_ids_under_ones_own_path_are_404() {
         let method = Method::from_bytes(method.as_bytes()).expect("method");
         let id = id_for(path);
         // A body its handler takes, so that the answer is about the id (rotate refuses unknown fields).
-        let body = if method == Method::PATCH { json!({"name": "taken over"}) } else { json!({}) };
+        let body = if method == Method::PATCH {
+            json!({"name": "taken over"})
+        } else if path.ends_with("/test") {
+            json!({"type": "a.b", "payload": {}})
+        } else {
+            json!({})
+        };
         let response = call(&daemon, &key.text, method.clone(), &fill(path, "acme", &id), Some(&body)).await;
         assert_problem(&response, StatusCode::NOT_FOUND, "");
         assert!(!response.text().contains("globex"), "{method} {path}: {}", response.text());

@@ -14,6 +14,7 @@ mod harness;
 mod hostile;
 mod ingest;
 mod limits;
+mod operations;
 mod outbound;
 mod receiver;
 mod secrets;
