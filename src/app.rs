@@ -71,12 +71,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         committed_upto: std::sync::atomic::AtomicU64::new(store.max_event_id()?),
         routed_upto: Default::default(),
         shutdown: stop_dispatch.clone(),
+        notifier: std::sync::OnceLock::new(),
+        disable_after_ms: u64::try_from(config.delivery.disable_after.0.as_millis()).unwrap_or(u64::MAX),
     });
+    let notifier_slot = supervisor.shared();
     let router = supervisor.router();
     let progress = supervisor.progress();
     let (committer, commit_thread) =
         Committer::spawn(store.clone(), ids.clone(), Box::new(move |c| router.route(c)))
             .context("starting the committer")?;
+    let _ = notifier_slot
+        .notifier
+        .set(crate::deliver::notify::Notifier::new(committer.clone(), registry.clone()));
     let supervisor_task = tokio::spawn(supervisor.run());
 
     let separate_metrics = config.server.metrics_listen.is_some();
@@ -115,6 +121,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     );
     let disk_watch = tokio::spawn(watch_disk(state.clone(), stop_http.clone()));
     let state_flusher = tokio::spawn(flush_state(store.clone(), stop_dispatch.clone()));
+    let retention = tokio::spawn(purge_old_data(state.clone(), stop_dispatch.clone()));
     // Stopped with the dispatchers, after the HTTP drain: the last requests' key use is persisted too.
     let key_use = tokio::spawn(
         api::api_keys::UsePersister::new(keys, api::api_keys::USE_PERSIST_EVERY).run(stop_dispatch.clone()),
@@ -153,6 +160,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         tracing::warn!("attempts still in flight after the grace period; they will be retried after restart");
     }
     let _ = state_flusher.await;
+    let _ = retention.await;
     let _ = key_use.await;
     store.sync()?;
     tracing::info!("hookd stopped");
@@ -232,6 +240,51 @@ async fn watch_disk(state: AppState, stop: CancellationToken) {
             } else {
                 tracing::info!(size, cap, "the log is below storage.max_log_bytes again: ingest resumes");
             }
+        }
+    }
+}
+
+/// How often retention runs (the first pass soon after the start).
+const RETENTION_EVERY: Duration = Duration::from_secs(60);
+
+/// Purges what is older than `storage.retention` and no longer needed (see `store::retention`).
+async fn purge_old_data(state: AppState, stop: CancellationToken) {
+    let retention = u64::try_from(state.config.storage.retention.0.as_millis()).unwrap_or(u64::MAX);
+    let first = tokio::time::Instant::now() + Duration::from_secs(5).min(RETENTION_EVERY);
+    let mut tick =
+        tokio::time::interval_at(first, RETENTION_EVERY.min(Duration::from_millis(retention.max(1000))));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        // Read the id clock before the registry: an endpoint created after this has a larger id.
+        let id_ceiling = state.ids.last().saturating_add(1);
+        let endpoints =
+            state.registry.snapshot().endpoints().map(|e| (e.record.id, e.record.tenant_serial)).collect();
+        let live = crate::store::Live { endpoints, id_ceiling };
+        let cutoff = crate::time::now_ms().saturating_sub(retention);
+        let store = state.store.clone();
+        let started = std::time::Instant::now();
+        match tokio::task::spawn_blocking(move || store.purge(cutoff, &live)).await {
+            Ok(Ok(p)) => {
+                crate::metrics::purged(&p);
+                if p != crate::store::Purged::default() {
+                    tracing::info!(
+                        events = p.events,
+                        attempts = p.attempts,
+                        deliveries = p.deliveries,
+                        idempotency_keys = p.idempotency_keys,
+                        audit_entries = p.audit_entries,
+                        orphaned_keys = p.orphaned_keys,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "retention purged old data"
+                    );
+                }
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "retention pass failed"),
+            Err(e) => tracing::error!(error = %e, "retention task failed"),
         }
     }
 }

@@ -344,6 +344,9 @@ impl Config {
         if storage.data_dir.as_os_str().is_empty() {
             return violation("storage.data_dir", None, "must not be empty".to_owned());
         }
+        if storage.retention.0 < std::time::Duration::from_secs(1) {
+            return violation("storage.retention", None, "must be at least 1s".to_owned());
+        }
         if storage.cache_bytes.0 < MIB {
             return violation(
                 "storage.cache_bytes",

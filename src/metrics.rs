@@ -19,6 +19,7 @@ pub const RATE_LIMIT_WAITS: &str = "hookd_rate_limit_waits_total";
 pub const RATE_LIMIT_WAIT_SECONDS: &str = "hookd_rate_limit_wait_seconds";
 pub const LOG_BYTES: &str = "hookd_log_bytes";
 pub const CONNECTIONS_REFUSED: &str = "hookd_http_connections_refused_total";
+pub const PURGED: &str = "hookd_retention_purged_total";
 
 /// Installs the Prometheus recorder and describes every family. Returns the handle `/metrics` renders.
 pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
@@ -47,6 +48,10 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
     describe_counter!(RATE_LIMIT_WAITS, "Times a dispatcher waited for its endpoint's rate limiter.");
     describe_histogram!(RATE_LIMIT_WAIT_SECONDS, "How long dispatchers waited for their rate limiter.");
     describe_gauge!(LOG_BYTES, "Bytes the data directory uses on disk.");
+    describe_counter!(
+        PURGED,
+        "Records removed by retention, by kind (events|attempts|deliveries|idempotency_keys|audit_entries|orphaned_keys)."
+    );
     describe_counter!(
         CONNECTIONS_REFUSED,
         "Client connections closed at once: server.max_connections were open."
@@ -98,4 +103,20 @@ pub fn rate_limited(wait: Duration) {
 
 pub fn connection_refused() {
     counter!(CONNECTIONS_REFUSED).increment(1);
+}
+
+/// What one retention pass removed.
+pub fn purged(p: &crate::store::Purged) {
+    for (kind, n) in [
+        ("events", p.events),
+        ("attempts", p.attempts),
+        ("deliveries", p.deliveries),
+        ("idempotency_keys", p.idempotency_keys),
+        ("audit_entries", p.audit_entries),
+        ("orphaned_keys", p.orphaned_keys),
+    ] {
+        if n > 0 {
+            counter!(PURGED, "kind" => kind).increment(n);
+        }
+    }
 }

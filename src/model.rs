@@ -225,6 +225,37 @@ pub struct DeliveryRecord {
     pub last_attempt_id: Option<u64>,
     pub created_at: u64,
     pub updated_at: u64,
+    /// Put back in the queue by a person (`recover`): its next attempt is a `manual` one.
+    #[serde(default)]
+    pub manual: bool,
+}
+
+/// Attempt counts and latencies of one time slot of an endpoint's statistics.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatsSlot {
+    /// Which slot this is: unix ms / the slot's length. A slot of another epoch is stale.
+    pub epoch: u64,
+    pub succeeded: u32,
+    pub failed: u32,
+    /// Attempts per latency bucket (see `deliver::stats::LATENCY_BUCKETS_MS`).
+    pub latency: Vec<u32>,
+}
+
+/// What the stats API and auto-disabling know of an endpoint's recent attempts (test sends excluded).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EndpointStatsRecord {
+    pub last_triggered_at: Option<u64>,
+    pub last_success_at: Option<u64>,
+    pub last_failure_at: Option<u64>,
+    /// When the current run of failures began (no success since); `None` after a success.
+    pub failing_since: Option<u64>,
+    /// A failure notification went out since the last success: the next success sends
+    /// `hookd.endpoint.recovered`.
+    pub failure_notified: bool,
+    /// The last hour, in 5-minute slots (a ring indexed by epoch).
+    pub recent: Vec<StatsSlot>,
+    /// The last day, in hourly slots.
+    pub hours: Vec<StatsSlot>,
 }
 
 /// Why an attempt was made.

@@ -5,38 +5,52 @@ use axum::extract::State;
 use serde::Deserialize;
 
 use super::AppState;
-use super::extract::{P, Page, Q, Tenant};
+use super::extract::{P, Page, Q, Tenant, time_param};
 use super::problem::Problem;
 use super::views::{AttemptView, ListView};
 use crate::deliver::request;
 use crate::ids::{AttemptId, EndpointId, EventId};
 use crate::model::{AttemptRecord, EventRecord, HttpMethod};
-use crate::store::AttemptFilter;
+use crate::store::{AttemptCursor, AttemptFilter, AttemptSort, HistoryError, Store};
 
+/// `?…` of the attempt list. Unknown parameters are refused: a misspelt filter must not quietly return
+/// everything.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ListQuery {
     pub endpoint_id: Option<String>,
     pub event_id: Option<String>,
     pub status: Option<String>,
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub q: Option<String>,
+    pub sort: Option<String>,
+    pub limit: Option<String>,
+    pub cursor: Option<String>,
 }
 
-/// Newest first; filtered by endpoint, event and the attempt's own outcome.
+/// Longest `q=` text.
+const MAX_QUERY_TEXT: usize = 200;
+
+/// Filtered by endpoint, event, the attempt's own outcome, time window and text; sorted by `sort`
+/// (`-sent_at`, the default, `sent_at`, `status_code`, `duration_ms`, or `-` either of the last two).
 pub async fn list(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
-    Q(page): Q<Page>,
     Q(q): Q<ListQuery>,
 ) -> Result<Json<ListView<AttemptView>>, Problem> {
-    let limit = page.limit()?;
-    let before = page
-        .cursor
-        .as_deref()
-        .map(|c| {
-            AttemptId::parse(c)
-                .map(|a| a.0)
-                .ok_or_else(|| Problem::invalid_field("cursor", "not a cursor of this list"))
-        })
-        .transpose()?;
+    let limit = Page { limit: q.limit.clone(), cursor: None }.limit()?;
+    let sort = match q.sort.as_deref() {
+        None => AttemptSort::default(),
+        Some(s) => AttemptSort::parse(s).ok_or_else(|| {
+            Problem::invalid_field(
+                "sort",
+                "must be one of sent_at, -sent_at, status_code, -status_code, duration_ms, -duration_ms",
+            )
+        })?,
+    };
+    let after = q.cursor.as_deref().map(|c| parse_cursor(c, sort)).transpose()?;
+    let snapshot = state.registry.snapshot();
     let endpoint = match q.endpoint_id.as_deref() {
         None => None,
         Some(e) => {
@@ -44,7 +58,7 @@ pub async fn list(
                 .ok_or_else(|| Problem::invalid_field("endpoint_id", "not an endpoint id"))?
                 .0;
             // Another tenant's endpoint looks like a missing one.
-            if state.registry.snapshot().tenant_endpoint(tenant.serial, id).is_none() {
+            if snapshot.tenant_endpoint(tenant.serial, id).is_none() {
                 return Err(Problem::not_found("endpoint"));
             }
             Some(id)
@@ -65,16 +79,66 @@ pub async fn list(
         Some("failed") => Some(false),
         Some(_) => return Err(Problem::invalid_field("status", "must be succeeded or failed")),
     };
-    let filter = AttemptFilter { endpoint, event, succeeded };
+    let since_ms = time_param("since", q.since.as_deref())?;
+    let until_ms = time_param("until", q.until.as_deref())?;
+    if let (Some(s), Some(u)) = (since_ms, until_ms)
+        && s > u
+    {
+        return Err(Problem::invalid_field("until", "is before since"));
+    }
+    let text = match q.q {
+        Some(t) if t.chars().count() > MAX_QUERY_TEXT => {
+            return Err(Problem::invalid_field("q", format!("at most {MAX_QUERY_TEXT} characters")));
+        }
+        Some(t) if t.trim().is_empty() => None,
+        Some(t) => Some(t.trim().to_lowercase()),
+        None => None,
+    };
     let store = state.store.clone();
-    let (items, next) =
-        tokio::task::spawn_blocking(move || store.list_attempts(tenant.serial, &filter, before, limit))
-            .await
-            .map_err(|e| Problem::internal(&e))??;
+    let serial = tenant.serial;
+    let (items, next) = tokio::task::spawn_blocking(move || {
+        let webhooks = event.map(|ev| event_webhooks(&store, serial, ev)).transpose()?;
+        let filter = AttemptFilter { endpoint, webhooks, succeeded, since_ms, until_ms, text, sort };
+        store.list_attempts(serial, &filter, after, limit)
+    })
+    .await
+    .map_err(|e| Problem::internal(&e))??;
     Ok(Json(ListView {
         data: items.iter().map(|(id, a)| AttemptView::new(*id, a, false)).collect(),
-        next_cursor: next.map(|id| AttemptId(id).to_string()),
+        next_cursor: next.map(format_cursor),
     }))
+}
+
+/// The webhook ids an event was sent under: its own id, and the batches that carried it.
+fn event_webhooks(store: &Store, tenant: u64, event: u64) -> Result<Vec<(u64, Option<u64>)>, HistoryError> {
+    let mut out = vec![(event, None)];
+    if let Some(ev) = store.event(tenant, event)? {
+        for ep in ev.routes {
+            if let Some(batch) = store.batch_of(ep, event)? {
+                out.push((batch, Some(ep)));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A cursor is the last attempt's id, preceded by its sort value for the value sorts (`503.att_…`).
+fn format_cursor(c: AttemptCursor) -> String {
+    match c.value {
+        Some(v) => format!("{v}.{}", AttemptId(c.id)),
+        None => AttemptId(c.id).to_string(),
+    }
+}
+
+fn parse_cursor(text: &str, sort: AttemptSort) -> Result<AttemptCursor, Problem> {
+    let bad = || Problem::invalid_field("cursor", "not a cursor of this list (with this sort)");
+    let valued = sort.by_value();
+    let (value, id) = match (valued, text.split_once('.')) {
+        (true, Some((v, id))) => (Some(v.parse::<u64>().map_err(|_| bad())?), id),
+        (false, None) => (None, text),
+        _ => return Err(bad()),
+    };
+    Ok(AttemptCursor { value, id: AttemptId::parse(id).ok_or_else(bad)?.0 })
 }
 
 /// One attempt with the request headers as sent.

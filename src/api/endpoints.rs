@@ -398,7 +398,7 @@ pub struct ListQuery {
     pub q: Option<String>,
 }
 
-/// `GET`: sortable by name, url, created_at (prefix `-` for descending); `q` searches name, url and
+/// `GET`: sortable by name, url, created_at, last_triggered_at (prefix `-` for descending); `q` searches name, url and
 /// description (case-insensitive substring). The cursor is an offset into that order.
 pub async fn list(
     State(state): State<AppState>,
@@ -432,18 +432,19 @@ pub async fn list(
         "name" => items.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id))),
         "url" => items.sort_by(|a, b| a.url.cmp(&b.url).then(a.id.cmp(&b.id))),
         "created_at" => items.sort_by_key(|r| r.id),
+        // Never triggered sorts first (oldest).
+        "last_triggered_at" => items.sort_by_cached_key(|r| (last_triggered(&state, r.id), r.id)),
         _ => {
             return Err(Problem::invalid_field(
                 "sort",
-                "must be name, url or created_at, optionally prefixed with -",
+                "must be name, url, created_at or last_triggered_at, optionally prefixed with -",
             ));
         }
     }
     if desc {
         items.reverse();
     }
-    let data: Vec<EndpointView> =
-        items.iter().skip(offset).take(limit).map(|r| EndpointView::from(*r)).collect();
+    let data: Vec<EndpointView> = items.iter().skip(offset).take(limit).map(|r| view(&state, r)).collect();
     let next_cursor = (offset + data.len() < items.len()).then(|| (offset + data.len()).to_string());
     Ok(Json(ListView { data, next_cursor }))
 }
@@ -463,7 +464,18 @@ pub async fn get(
     Tenant(tenant): Tenant,
     P((_, id)): P<(String, String)>,
 ) -> Result<Json<EndpointView>, Problem> {
-    find(&state, &tenant, &id).map(|r| Json(EndpointView::from(&r)))
+    find(&state, &tenant, &id).map(|r| Json(view(&state, &r)))
+}
+
+/// When the endpoint's dispatcher last made an attempt (test sends aside).
+fn last_triggered(state: &AppState, id: u64) -> Option<u64> {
+    state.progress.feed(id).and_then(|f| crate::deliver::feed::lock(&f.stats).last_triggered_at)
+}
+
+fn view(state: &AppState, r: &EndpointRecord) -> EndpointView {
+    let mut v = EndpointView::from(r);
+    v.last_triggered_at = last_triggered(state, r.id).map(crate::time::format_ms);
+    v
 }
 
 /// `GET …/secret`: the signing secret, for the receiver's configuration.

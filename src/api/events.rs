@@ -163,9 +163,10 @@ pub async fn get(
         if snapshot.tenant_endpoint(tenant.serial, *ep).is_none() {
             continue; // deleted since
         }
+        let batch = state.store.batch_of(*ep, id)?;
         let record = match state.store.delivery(*ep, id)? {
             Some(d) => Some(d),
-            None => match state.store.batch_of(*ep, id)? {
+            None => match batch {
                 Some(batch) => state.store.delivery(*ep, batch)?,
                 None => None,
             },
@@ -186,13 +187,14 @@ pub async fn get(
                     None => state.store.cursor(*ep)?.unwrap_or(0),
                 };
                 let done = id <= cursor;
+                let (attempts, last) = state.store.attempts_of(tenant.serial, batch.unwrap_or(id), *ep)?;
                 DeliveryView {
                     endpoint_id: crate::ids::EndpointId(*ep),
                     state: if done { DeliveryState::Succeeded } else { DeliveryState::Pending },
-                    attempts: u32::from(done),
+                    attempts: (attempts as u32).max(u32::from(done)),
                     next_attempt_at: None,
-                    last_attempt_id: None,
-                    batch_id: None,
+                    last_attempt_id: last.map(AttemptId),
+                    batch_id: batch.map(crate::ids::BatchId),
                 }
             }
         };

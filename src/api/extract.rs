@@ -114,10 +114,14 @@ impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for Q<T> {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
-        axum::extract::Query::<T>::from_request_parts(parts, state)
-            .await
-            .map(|q| Q(q.0))
-            .map_err(|e| Problem::bad_request(format!("invalid query string: {}", e.body_text())))
+        axum::extract::Query::<T>::from_request_parts(parts, state).await.map(|q| Q(q.0)).map_err(|e| {
+            let text = e.body_text();
+            // A misspelt or unsupported parameter is named, like a body's unknown field.
+            match text.split("unknown field `").nth(1).and_then(|rest| rest.split('`').next()) {
+                Some(name) => Problem::invalid_field(name, "is not a parameter of this route"),
+                None => Problem::bad_request(format!("invalid query string: {text}")),
+            }
+        })
     }
 }
 

@@ -13,6 +13,7 @@ pub mod events;
 pub mod extract;
 pub mod ops;
 pub mod problem;
+pub mod resend;
 pub mod tenants;
 pub mod views;
 
@@ -89,6 +90,10 @@ pub fn router(state: AppState) -> Router {
         .route("/tenants/{tenant}/endpoints/{id}/test", post(endpoints::test_send))
         .route("/tenants/{tenant}/attempts", get(attempts::list))
         .route("/tenants/{tenant}/attempts/{id}", get(attempts::get))
+        .route("/tenants/{tenant}/attempts/{id}/resend", post(resend::resend_attempt))
+        .route("/tenants/{tenant}/events/{id}/resend", post(resend::resend_event))
+        .route("/tenants/{tenant}/endpoints/{id}/recover", post(resend::recover))
+        .route("/tenants/{tenant}/endpoints/{id}/stats", get(resend::endpoint_stats))
         .route("/api-keys", post(api_keys::create).get(api_keys::list))
         .route("/api-keys/{id}", get(api_keys::get).patch(api_keys::update).delete(api_keys::revoke))
         .route("/api-keys/{id}/regenerate", post(api_keys::regenerate))
@@ -151,6 +156,8 @@ mod tests {
             committed_upto: Default::default(),
             routed_upto: Default::default(),
             shutdown: Default::default(),
+            notifier: Default::default(),
+            disable_after_ms: 0,
         });
         AppState::new(Shared {
             config: Arc::new(Config::default()),

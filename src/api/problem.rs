@@ -120,6 +120,15 @@ impl Problem {
     }
 }
 
+impl From<crate::store::HistoryError> for Problem {
+    fn from(e: crate::store::HistoryError) -> Problem {
+        match e {
+            crate::store::HistoryError::Store(e) => e.into(),
+            e @ crate::store::HistoryError::WindowTooLarge => Problem::invalid_field("sort", e.to_string()),
+        }
+    }
+}
+
 impl From<crate::store::StoreError> for Problem {
     fn from(e: crate::store::StoreError) -> Problem {
         Problem::internal(&e)

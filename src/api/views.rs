@@ -93,7 +93,11 @@ pub struct EndpointView {
     pub verify_tls: bool,
     pub timeout_ms: u64,
     pub enabled: bool,
+    /// `enabled` or `disabled`.
+    pub state: &'static str,
     pub disabled_reason: Option<String>,
+    /// The last attempt (test sends aside); filled in by the handlers that know it.
+    pub last_triggered_at: Option<String>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -120,7 +124,9 @@ impl From<&EndpointRecord> for EndpointView {
             verify_tls: e.verify_tls,
             timeout_ms: e.timeout_ms,
             enabled: e.enabled,
+            state: if e.enabled { "enabled" } else { "disabled" },
             disabled_reason: e.disabled_reason.clone(),
+            last_triggered_at: None,
             created_at: format_ms(e.created_at),
             updated_at: format_ms(e.updated_at),
         }

@@ -22,7 +22,8 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::task::JoinSet;
 
 use super::client::{HttpClient, OutboundRequest};
-use super::feed::{EventRef, Feed};
+use super::feed::{Command, EventRef, Feed, ManualOutcome, Waiting};
+use super::notify;
 use super::request;
 use super::retry::{self, Verdict};
 use super::supervisor::Shared;
@@ -32,6 +33,7 @@ use crate::model::{
 };
 use crate::registry::EndpointEntry;
 use crate::store::{AttemptOutcomeWrite, DeliveryChange, StoreError};
+use crate::time::format_ms;
 
 /// Events read from the log per catch-up pass; bounds memory however far behind the endpoint is.
 const CATCH_UP_CHUNK: usize = 512;
@@ -39,6 +41,8 @@ const CATCH_UP_CHUNK: usize = 512;
 const DUE_IN_MEMORY: usize = 4096;
 /// An idle endpoint's cursor follows the log at most this often (one small write).
 const IDLE_PERSIST_EVERY: Duration = Duration::from_secs(5);
+/// Statistics are persisted at most this often (and at shutdown).
+const STATS_PERSIST_EVERY: Duration = Duration::from_secs(60);
 
 /// What an attempt is for.
 #[derive(Debug)]
@@ -47,6 +51,16 @@ enum Job {
     First { events: Vec<u64>, batch_id: Option<u64> },
     /// A later attempt of a delivery whose retry came due.
     Retry { webhook_id: u64, due: u64, record: DeliveryRecord },
+    /// A re-send a person asked for; the attempt goes back to them.
+    Manual { webhook_id: u64, reply: tokio::sync::oneshot::Sender<ManualOutcome> },
+}
+
+/// A re-send waiting for its turn.
+struct ManualRequest {
+    webhook_id: u64,
+    batch_id: Option<u64>,
+    events: Vec<u64>,
+    reply: tokio::sync::oneshot::Sender<ManualOutcome>,
 }
 
 /// A finished attempt.
@@ -55,6 +69,18 @@ struct Done {
     attempt_id: u64,
     attempt: AttemptRecord,
     verdict: Verdict,
+    /// Every event it carried is an operational one (`hookd.…`).
+    operational: bool,
+}
+
+/// What finishing one attempt leads to, besides the store write.
+#[derive(Default)]
+struct Consequences {
+    /// The endpoint answered 410 Gone.
+    gone: bool,
+    /// The delivery used up its retry policy with this attempt.
+    failed_for_good: Option<DeliveryRecord>,
+    reply: Option<tokio::sync::oneshot::Sender<ManualOutcome>>,
 }
 
 pub struct Dispatcher {
@@ -84,6 +110,10 @@ pub struct Dispatcher {
     /// of them was taken (the batch goes out `max_wait_ms` after it, or when full).
     open_batch: Vec<EventRef>,
     open_since: Option<Instant>,
+    /// Re-sends asked for, oldest first.
+    manual: VecDeque<ManualRequest>,
+    stats_dirty: bool,
+    stats_persisted: Instant,
 }
 
 impl Dispatcher {
@@ -107,6 +137,9 @@ impl Dispatcher {
             rate_wait: None,
             open_batch: Vec::new(),
             open_since: None,
+            manual: VecDeque::new(),
+            stats_dirty: false,
+            stats_persisted: Instant::now(),
         }
     }
 
@@ -129,10 +162,12 @@ impl Dispatcher {
             if stopping && self.in_flight.is_empty() {
                 break;
             }
+            self.take_commands(&entry, stopping);
             let active = entry.record.enabled && !stopping;
             if active {
                 self.fill(&entry);
             }
+            self.publish_waiting();
             let wake_at = if active { self.next_wake(&entry) } else { None };
             tokio::select! {
                 Some(joined) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
@@ -159,6 +194,85 @@ impl Dispatcher {
         }
         self.advance_cursor();
         self.persist_cursor();
+        self.persist_stats();
+        for m in self.manual.drain(..) {
+            let _ = m.reply.send(Err("hookd is shutting down".into()));
+        }
+    }
+
+    /// Takes the commands people sent: re-sends wait their turn in `fill`; recovers run now.
+    fn take_commands(&mut self, entry: &EndpointEntry, stopping: bool) {
+        for command in self.feed.take_commands() {
+            match command {
+                Command::Resend { reply, .. } if stopping => {
+                    let _ = reply.send(Err("hookd is shutting down".into()));
+                }
+                Command::Resend { reply, .. } if !entry.record.enabled => {
+                    let _ = reply.send(Err("the endpoint is disabled".into()));
+                }
+                Command::Resend { webhook_id, batch_id, events, reply } => {
+                    self.manual.push_back(ManualRequest { webhook_id, batch_id, events, reply });
+                }
+                Command::Recover { lo, hi, reply } => {
+                    let _ = reply.send(self.recover(lo, hi).map_err(|e| e.to_string()));
+                }
+            }
+        }
+    }
+
+    /// Puts every failed delivery with a webhook id in `lo..=hi` back in the retry queue, due now; each
+    /// gets one more attempt (`trigger: manual`), and fails for good again if that fails.
+    fn recover(&mut self, mut lo: u64, hi: u64) -> Result<usize, StoreError> {
+        const CHUNK: usize = 1000;
+        let now = crate::time::now_ms();
+        let mut total = 0;
+        while lo <= hi {
+            let mut chunk = self.shared.store.failed_deliveries(self.endpoint, lo, hi, CHUNK)?;
+            let Some(last) = chunk.last().map(|(w, _)| *w) else { break };
+            for (_, record) in &mut chunk {
+                record.state = DeliveryState::Pending;
+                record.next_attempt_at = Some(now);
+                record.updated_at = now;
+                record.manual = true;
+            }
+            self.shared.store.requeue(self.endpoint, now, &chunk)?;
+            for (webhook_id, _) in &chunk {
+                self.queue_due(now, *webhook_id);
+            }
+            total += chunk.len();
+            if chunk.len() < CHUNK {
+                break;
+            }
+            lo = last.saturating_add(1);
+        }
+        if total > 0 {
+            tracing::info!(endpoint = %EndpointId(self.endpoint), deliveries = total, "failed deliveries re-queued");
+        }
+        Ok(total)
+    }
+
+    /// Notes a retry-queue entry in memory (the store has it).
+    fn queue_due(&mut self, due: u64, webhook_id: u64) {
+        self.due.insert((due, webhook_id));
+        if self.due.len() > DUE_IN_MEMORY {
+            self.due.pop_last();
+            self.due_more = true;
+        }
+    }
+
+    /// Publishes what waits for a first attempt, for the stats API.
+    fn publish_waiting(&self) {
+        let (queued, front) = self.feed.queued();
+        let lag = self.feed.lag_from();
+        let oldest = [self.pending.first().copied(), self.backlog.front().map(|e| e.id), front, lag]
+            .into_iter()
+            .flatten()
+            .min();
+        self.feed.set_waiting(Waiting {
+            first_attempts: (self.pending.len() + self.backlog.len() + queued) as u64,
+            oldest_event: oldest,
+            lagging: lag.is_some(),
+        });
     }
 
     /// Starts attempts until the endpoint's concurrency is used up or nothing is ready. A rate-limit
@@ -168,6 +282,16 @@ impl Dispatcher {
         let max = if ordered { 1 } else { entry.record.max_in_flight.max(1) as usize };
         let now = crate::time::now_ms();
         while self.in_flight.len() < max {
+            // A re-send of a delivery whose retry is in flight waits for that retry to finish.
+            if self.manual.front().is_some_and(|m| !self.retrying.contains(&m.webhook_id)) {
+                if !self.permit(entry) {
+                    return;
+                }
+                if let Some(m) = self.manual.pop_front() {
+                    self.start_manual(entry, m);
+                }
+                continue;
+            }
             if self.due.is_empty() && self.due_more {
                 self.reload_due();
             }
@@ -348,6 +472,35 @@ impl Dispatcher {
         self.spawn(entry, job, &[(ev.id, event)], 1, Trigger::Scheduled);
     }
 
+    fn start_manual(&mut self, entry: &EndpointEntry, m: ManualRequest) {
+        let store = &self.shared.store;
+        let mut events: Vec<(u64, EventRecord)> = Vec::with_capacity(m.events.len());
+        for id in &m.events {
+            match store.event(self.tenant, *id) {
+                Ok(Some(ev)) => events.push((*id, ev)),
+                Ok(None) => {}
+                Err(e) => {
+                    let _ = m.reply.send(Err(format!("cannot read an event: {e}")));
+                    return;
+                }
+            }
+        }
+        if events.is_empty() {
+            let _ = m.reply.send(Err("its events were purged by retention".into()));
+            return;
+        }
+        let attempt_number = match store.attempt_count(self.tenant, m.webhook_id, self.endpoint) {
+            Ok(n) => n as u32 + 1,
+            Err(e) => {
+                let _ = m.reply.send(Err(format!("cannot read the history: {e}")));
+                return;
+            }
+        };
+        let refs: Vec<(u64, &EventRecord)> = events.iter().map(|(id, e)| (*id, e)).collect();
+        let job = Job::Manual { webhook_id: m.webhook_id, reply: m.reply };
+        self.spawn_with(entry, job, m.batch_id, &refs, attempt_number, Trigger::Manual);
+    }
+
     fn start_retry(&mut self, entry: &EndpointEntry, due: u64, webhook_id: u64) {
         let store = &self.shared.store;
         let record = match store.delivery(self.endpoint, webhook_id) {
@@ -384,8 +537,9 @@ impl Dispatcher {
         }
         self.retrying.insert(webhook_id);
         let attempt_number = record.attempts + 1;
+        let trigger = if record.manual { Trigger::Manual } else { Trigger::Retry };
         let refs: Vec<(u64, &EventRecord)> = events.iter().map(|(id, e)| (*id, e)).collect();
-        self.spawn(entry, Job::Retry { webhook_id, due, record }, &refs, attempt_number, Trigger::Retry);
+        self.spawn(entry, Job::Retry { webhook_id, due, record }, &refs, attempt_number, trigger);
     }
 
     fn spawn(
@@ -396,11 +550,29 @@ impl Dispatcher {
         attempt_number: u32,
         trigger: Trigger,
     ) {
-        let now = crate::time::now_ms();
-        let (webhook_id, batch_id) = match &job {
-            Job::First { events, batch_id } => (batch_id.or(events.first().copied()).unwrap_or(0), *batch_id),
-            Job::Retry { webhook_id, record, .. } => (*webhook_id, record.batch_id),
+        let batch_id = match &job {
+            Job::First { batch_id, .. } => *batch_id,
+            Job::Retry { record, .. } => record.batch_id,
+            Job::Manual { .. } => None,
         };
+        self.spawn_with(entry, job, batch_id, events, attempt_number, trigger);
+    }
+
+    fn spawn_with(
+        &mut self,
+        entry: &EndpointEntry,
+        job: Job,
+        batch_id: Option<u64>,
+        events: &[(u64, &EventRecord)],
+        attempt_number: u32,
+        trigger: Trigger,
+    ) {
+        let now = crate::time::now_ms();
+        let webhook_id = match &job {
+            Job::First { events, batch_id } => batch_id.or(events.first().copied()).unwrap_or(0),
+            Job::Retry { webhook_id, .. } | Job::Manual { webhook_id, .. } => *webhook_id,
+        };
+        let operational = events.iter().all(|(_, e)| e.event_type.starts_with(notify::PREFIX));
         let (attempt, req) = prepare_attempt(
             entry,
             webhook_id,
@@ -415,21 +587,22 @@ impl Dispatcher {
         let attempt_id = self.shared.ids.next();
         self.in_flight.spawn(async move {
             let (attempt, verdict) = send(client, req, attempt).await;
-            Done { job, attempt_id, attempt, verdict }
+            Done { job, attempt_id, attempt, verdict, operational }
         });
     }
 
-    /// Records finished attempts and decides what comes next for each delivery, in one store write.
+    /// Records finished attempts and decides what comes next for each delivery, in one store write;
+    /// then answers re-sends, updates the statistics, and disables or notifies as they call for.
     fn finish(&mut self, finished: Vec<Done>, entry: &EndpointEntry) {
         let now = crate::time::now_ms();
         let policy = entry.record.retry;
         let mut outcomes = Vec::with_capacity(finished.len());
-        let mut disable = false;
+        let mut after = Vec::with_capacity(finished.len());
         for done in finished {
-            let (change, gone) =
+            let (change, consequences) =
                 self.outcome(done.job, &done.verdict, done.attempt_id, &done.attempt, &policy, now);
-            disable |= gone;
             outcomes.push((done.attempt_id, done.attempt, change));
+            after.push((consequences, done.operational));
         }
         let moved = self.advance_cursor();
         let last = outcomes.len().saturating_sub(1);
@@ -445,7 +618,8 @@ impl Dispatcher {
                 cursor: (moved && i == last).then_some(self.cursor),
             })
             .collect();
-        match self.shared.store.write_attempt_outcomes(&writes) {
+        let written = self.shared.store.write_attempt_outcomes(&writes);
+        match &written {
             Ok(()) => {
                 if moved {
                     self.persisted_cursor = self.cursor;
@@ -456,12 +630,103 @@ impl Dispatcher {
                 tracing::error!(endpoint = %EndpointId(self.endpoint), error = %e, "cannot record attempts")
             }
         }
-        if disable {
-            self.disable("the endpoint answered 410 Gone");
+        let mut disable = None;
+        for ((attempt_id, attempt, _), (consequences, operational)) in outcomes.into_iter().zip(after) {
+            if consequences.gone {
+                disable = Some("the endpoint answered 410 Gone".to_owned());
+            }
+            self.account(entry, &attempt, &mut disable);
+            if let Some(record) = &consequences.failed_for_good
+                && !operational
+            {
+                self.notify_failed(entry, attempt_id, &attempt, record);
+            }
+            if let Some(reply) = consequences.reply {
+                let answer = match &written {
+                    Ok(()) => Ok((attempt_id, attempt)),
+                    Err(e) => Err(format!("the attempt was made but could not be recorded: {e}")),
+                };
+                let _ = reply.send(answer);
+            }
+        }
+        if let Some(reason) = disable {
+            self.disable(entry, &reason);
         }
     }
 
-    /// What one finished attempt changes for its delivery; also whether the endpoint is gone (410).
+    /// Counts an attempt in the endpoint's statistics; notes when the endpoint has failed long enough
+    /// to be disabled, and notifies its recovery.
+    fn account(&mut self, entry: &EndpointEntry, attempt: &AttemptRecord, disable: &mut Option<String>) {
+        let recovered = {
+            let mut stats = super::feed::lock(&self.feed.stats);
+            let was_failing_since = stats.failing_since;
+            super::stats::record(&mut stats, attempt.sent_at, attempt.succeeded, attempt.duration_ms);
+            let limit = self.shared.disable_after_ms;
+            if let Some(since) = stats.failing_since
+                && limit > 0
+                && crate::time::now_ms().saturating_sub(since) >= limit
+                && disable.is_none()
+            {
+                *disable = Some(format!(
+                    "every attempt failed since {} (delivery.disable_after: {} s)",
+                    format_ms(since),
+                    limit / 1000
+                ));
+            }
+            let recovered = attempt.succeeded && stats.failure_notified;
+            if recovered {
+                stats.failure_notified = false;
+            }
+            recovered.then_some(was_failing_since)
+        };
+        self.stats_dirty = true;
+        if let Some(failing_since) = recovered {
+            self.emit(
+                notify::ENDPOINT_RECOVERED,
+                serde_json::json!({
+                    "endpoint_id": EndpointId(self.endpoint),
+                    "endpoint_name": entry.record.name,
+                    "url": entry.record.url,
+                    "failing_since": failing_since.map(format_ms),
+                    "recovered_at": format_ms(attempt.sent_at),
+                }),
+            );
+        }
+    }
+
+    fn notify_failed(
+        &mut self,
+        entry: &EndpointEntry,
+        attempt_id: u64,
+        attempt: &AttemptRecord,
+        d: &DeliveryRecord,
+    ) {
+        self.emit(
+            notify::DELIVERY_FAILED,
+            serde_json::json!({
+                "endpoint_id": EndpointId(self.endpoint),
+                "endpoint_name": entry.record.name,
+                "url": entry.record.url,
+                "webhook_id": webhook_text(attempt.webhook_id, d.batch_id),
+                "event_ids": d.events.iter().map(|e| EventId(*e)).collect::<Vec<_>>(),
+                "attempts": d.attempts,
+                "last_attempt_id": crate::ids::AttemptId(attempt_id),
+                "last_status_code": attempt.status_code,
+                "last_error": attempt.error,
+                "failed_at": format_ms(d.updated_at),
+            }),
+        );
+        super::feed::lock(&self.feed.stats).failure_notified = true;
+    }
+
+    fn emit(&self, event_type: &'static str, payload: serde_json::Value) {
+        match self.shared.notifier.get() {
+            Some(n) => n.emit(self.tenant, event_type, self.endpoint, &payload),
+            None => tracing::warn!(event_type, "no notifier: operational event dropped"),
+        }
+    }
+
+    /// What one finished attempt changes for its delivery, and what follows from it.
     fn outcome(
         &mut self,
         job: Job,
@@ -470,13 +735,14 @@ impl Dispatcher {
         attempt: &AttemptRecord,
         policy: &RetryPolicy,
         now: u64,
-    ) -> (DeliveryChange, bool) {
-        let (succeeded, retry_after, disable) = match verdict {
+    ) -> (DeliveryChange, Consequences) {
+        let (succeeded, retry_after, gone) = match verdict {
             Verdict::Success => (true, None, false),
             Verdict::Retry { retry_after, .. } => (false, *retry_after, false),
             Verdict::RetryAndDisable { .. } => (false, None, true),
         };
         crate::metrics::attempt(succeeded, attempt.status_code, Duration::from_millis(attempt.duration_ms));
+        let mut consequences = Consequences { gone, ..Consequences::default() };
         let change = match job {
             Job::First { events, batch_id } => {
                 for e in &events {
@@ -495,6 +761,7 @@ impl Dispatcher {
                         last_attempt_id: None,
                         created_at: now,
                         updated_at: now,
+                        manual: false,
                     };
                     self.next_step(record, webhook_id, None, attempt_id, policy, false, retry_after, now)
                 }
@@ -503,8 +770,57 @@ impl Dispatcher {
                 self.retrying.remove(&webhook_id);
                 self.next_step(record, webhook_id, Some(due), attempt_id, policy, succeeded, retry_after, now)
             }
+            Job::Manual { webhook_id, reply } => {
+                consequences.reply = Some(reply);
+                self.manual_outcome(webhook_id, attempt_id, succeeded, now)
+            }
         };
-        (change, disable)
+        if let DeliveryChange::Put { record, .. } = &change
+            && record.state == DeliveryState::Failed
+            && attempt.trigger != Trigger::Manual
+        {
+            consequences.failed_for_good = Some(record.clone());
+        }
+        (change, consequences)
+    }
+
+    /// A re-send that succeeded settles its delivery (a pending retry is cancelled); one that failed
+    /// changes nothing but the count (the delivery keeps its own schedule).
+    fn manual_outcome(
+        &mut self,
+        webhook_id: u64,
+        attempt_id: u64,
+        succeeded: bool,
+        now: u64,
+    ) -> DeliveryChange {
+        // A retry of the same delivery started meanwhile writes its own outcome: leave the record to it.
+        if self.retrying.contains(&webhook_id) {
+            return DeliveryChange::Unchanged;
+        }
+        let mut record = match self.shared.store.delivery(self.endpoint, webhook_id) {
+            Ok(Some(r)) => r,
+            Ok(None) => return DeliveryChange::Unchanged, // it succeeded at its first attempt
+            Err(e) => {
+                tracing::error!(endpoint = %EndpointId(self.endpoint), error = %e, "cannot read a delivery");
+                return DeliveryChange::Unchanged;
+            }
+        };
+        record.attempts += 1;
+        record.last_attempt_id = Some(attempt_id);
+        record.updated_at = now;
+        let mut old_due = None;
+        if succeeded && record.state != DeliveryState::Succeeded {
+            if record.state == DeliveryState::Pending
+                && let Some(due) = record.next_attempt_at
+            {
+                self.due.remove(&(due, webhook_id));
+                old_due = Some(due);
+            }
+            record.state = DeliveryState::Succeeded;
+            record.next_attempt_at = None;
+            record.manual = false;
+        }
+        DeliveryChange::Put { webhook_id, record, old_due, new_due: None }
     }
 
     /// The delivery's state after an attempt: succeeded, retry at a time, or failed for good.
@@ -524,6 +840,7 @@ impl Dispatcher {
         record.last_attempt_id = Some(attempt_id);
         record.updated_at = now;
         record.next_attempt_at = None;
+        record.manual = false;
         let mut new_due = None;
         if succeeded {
             record.state = DeliveryState::Succeeded;
@@ -533,11 +850,7 @@ impl Dispatcher {
             record.state = DeliveryState::Pending;
             record.next_attempt_at = Some(due);
             new_due = Some(due);
-            self.due.insert((due, webhook_id));
-            if self.due.len() > DUE_IN_MEMORY {
-                self.due.pop_last();
-                self.due_more = true;
-            }
+            self.queue_due(due, webhook_id);
             crate::metrics::retry_scheduled();
         } else {
             record.state = DeliveryState::Failed;
@@ -576,6 +889,25 @@ impl Dispatcher {
         if self.cursor > self.persisted_cursor && self.last_persist.elapsed() >= IDLE_PERSIST_EVERY {
             self.persist_cursor();
         }
+        if self.stats_persisted.elapsed() >= STATS_PERSIST_EVERY {
+            self.persist_stats();
+        }
+    }
+
+    fn persist_stats(&mut self) {
+        if !self.stats_dirty {
+            return;
+        }
+        let stats = self.feed.stats_snapshot();
+        match self.shared.store.put_endpoint_stats(self.endpoint, &stats) {
+            Ok(()) => {
+                self.stats_dirty = false;
+                self.stats_persisted = Instant::now();
+            }
+            Err(e) => {
+                tracing::error!(endpoint = %EndpointId(self.endpoint), error = %e, "cannot persist the statistics")
+            }
+        }
     }
 
     fn persist_cursor(&mut self) {
@@ -607,8 +939,9 @@ impl Dispatcher {
         [due, self.rate_wait, batch_ready].into_iter().flatten().min()
     }
 
-    /// Disables the endpoint (410 Gone). Its deliveries are kept: they resume when it is enabled again.
-    fn disable(&self, reason: &str) {
+    /// Disables the endpoint and tells the tenant. Its deliveries are kept: they resume when it is
+    /// enabled again.
+    fn disable(&mut self, entry: &EndpointEntry, reason: &str) {
         let endpoint = self.endpoint;
         let result = self.shared.registry.mutate(|reg, store| -> Result<bool, StoreError> {
             let Some(e) = reg.endpoint(endpoint) else { return Ok(false) };
@@ -627,6 +960,24 @@ impl Dispatcher {
             Ok(true) => {
                 crate::metrics::endpoint_disabled();
                 tracing::warn!(endpoint = %EndpointId(endpoint), reason, "endpoint disabled");
+                let failing_since = self.feed.stats_snapshot().failing_since;
+                self.emit(
+                    notify::ENDPOINT_DISABLED,
+                    serde_json::json!({
+                        "endpoint_id": EndpointId(endpoint),
+                        "endpoint_name": entry.record.name,
+                        "url": entry.record.url,
+                        "reason": reason,
+                        "failing_since": failing_since.map(format_ms),
+                        "disabled_at": format_ms(crate::time::now_ms()),
+                    }),
+                );
+                super::feed::lock(&self.feed.stats).failure_notified = true;
+                self.stats_dirty = true;
+                // Re-sends waiting for it cannot go out now.
+                for m in self.manual.drain(..) {
+                    let _ = m.reply.send(Err("the endpoint was disabled".into()));
+                }
             }
             Ok(false) => {}
             Err(e) => {

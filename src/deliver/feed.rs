@@ -17,12 +17,38 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 
-use crate::model::LogRecord;
+use crate::model::{AttemptRecord, EndpointStatsRecord, LogRecord};
 
 /// How many events a feed holds in memory before it falls back to the log.
 pub const FEED_CAPACITY: usize = 4096;
+/// Commands waiting for one dispatcher; past it, [`Feed::submit`] refuses more.
+pub const MAX_COMMANDS: usize = 1024;
+
+/// What a person asks of an endpoint's dispatcher (it owns the endpoint's delivery state, so changes to
+/// it go through the dispatcher rather than around it).
+#[derive(Debug)]
+pub enum Command {
+    /// Send this delivery again now (`trigger: manual`), and answer with the attempt.
+    Resend { webhook_id: u64, batch_id: Option<u64>, events: Vec<u64>, reply: oneshot::Sender<ManualOutcome> },
+    /// Put every failed delivery with a webhook id in `lo..=hi` back in the queue; answer how many.
+    Recover { lo: u64, hi: u64, reply: oneshot::Sender<Result<usize, String>> },
+}
+
+/// The attempt a re-send made, or why it made none.
+pub type ManualOutcome = Result<(u64, AttemptRecord), String>;
+
+/// What waits for a first attempt at the dispatcher, as last published by it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Waiting {
+    /// Events held in memory without a first attempt yet (or with one in flight).
+    pub first_attempts: u64,
+    /// The oldest such event id (or, when lagging, the id the log read resumes at).
+    pub oldest_event: Option<u64>,
+    /// Behind the log: more events may wait than the ones counted.
+    pub lagging: bool,
+}
 
 /// One event of a committed record, shared with every endpoint it goes to (no payload copy).
 #[derive(Debug, Clone)]
@@ -53,6 +79,10 @@ pub struct Feed {
     /// Every event routed here with an id up to this was handed off (published by the worker, read by
     /// the event-detail API).
     pub cursor: AtomicU64,
+    commands: Mutex<VecDeque<Command>>,
+    waiting: Mutex<Waiting>,
+    /// The endpoint's statistics, updated by its dispatcher, read by the stats API.
+    pub stats: Mutex<EndpointStatsRecord>,
 }
 
 impl Feed {
@@ -68,11 +98,49 @@ impl Feed {
             }),
             notify: Notify::new(),
             cursor: AtomicU64::new(cursor),
+            commands: Mutex::new(VecDeque::new()),
+            waiting: Mutex::new(Waiting::default()),
+            stats: Mutex::new(EndpointStatsRecord::default()),
         }
     }
 
+    /// Queues a command for the dispatcher and wakes it; gives it back when too many wait.
+    pub fn submit(&self, command: Command) -> Result<(), Command> {
+        {
+            let mut q = lock(&self.commands);
+            if q.len() >= MAX_COMMANDS {
+                return Err(command);
+            }
+            q.push_back(command);
+        }
+        self.notify.notify_one();
+        Ok(())
+    }
+
+    pub fn take_commands(&self) -> VecDeque<Command> {
+        std::mem::take(&mut *lock(&self.commands))
+    }
+
+    pub fn set_waiting(&self, w: Waiting) {
+        *lock(&self.waiting) = w;
+    }
+
+    pub fn waiting(&self) -> Waiting {
+        *lock(&self.waiting)
+    }
+
+    pub fn stats_snapshot(&self) -> EndpointStatsRecord {
+        lock(&self.stats).clone()
+    }
+
+    /// How many events the queue holds, and the first one's id.
+    pub fn queued(&self) -> (usize, Option<u64>) {
+        let s = self.lock();
+        (s.queue.len(), s.queue.front().map(|e| e.id))
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.state)
     }
 
     /// Router side: hand over one committed event.
@@ -128,6 +196,12 @@ impl Feed {
     pub fn wake(&self) {
         self.notify.notify_one();
     }
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked (every critical section here is
+/// a few assignments).
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

@@ -4,9 +4,11 @@
 pub mod client;
 pub mod dispatcher;
 pub mod feed;
+pub mod notify;
 pub mod request;
 pub mod retry;
 pub mod sign;
+pub mod stats;
 pub mod supervisor;
 
 pub use supervisor::{Progress, Router, Shared, Supervisor};

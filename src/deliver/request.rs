@@ -189,17 +189,55 @@ pub fn recorded_body(body: &[u8]) -> String {
     text
 }
 
-/// Headers as recorded in the history: the signature is kept (it is not a secret and helps support
-/// staff debug verification failures), nothing else of the secret is ever there.
+/// Headers as recorded in the history. The signature is kept (it is not a secret and helps support
+/// staff debug verification failures); a header that carries a credential — the endpoint's own
+/// `Authorization: Bearer …`, an API key, a cookie — is kept as `[redacted]`, so the history never holds
+/// one.
 pub fn recorded_headers(h: &HeaderMap) -> Vec<(String, String)> {
     h.iter()
-        .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(k, v)| {
+            let value = if is_sensitive(k.as_str()) {
+                REDACTED.to_owned()
+            } else {
+                String::from_utf8_lossy(v.as_bytes()).into_owned()
+            };
+            (k.as_str().to_owned(), value)
+        })
         .collect()
+}
+
+pub const REDACTED: &str = "[redacted]";
+
+/// Header names (lower-case, as `http` keeps them) whose values are credentials.
+pub fn is_sensitive(name: &str) -> bool {
+    const EXACT: [&str; 4] = ["authorization", "proxy-authorization", "cookie", "set-cookie"];
+    const PARTS: [&str; 6] = ["token", "secret", "password", "api-key", "apikey", "auth"];
+    EXACT.contains(&name) || PARTS.iter().any(|p| name.contains(p))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_in_headers_are_redacted_and_the_signature_is_kept() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("authorization", "Bearer s3cr3t"),
+            ("x-api-key", "k"),
+            ("x-auth-token", "t"),
+            ("webhook-signature", "v1,abc"),
+            ("x-env", "prod"),
+        ] {
+            h.insert(http::HeaderName::from_static(k), http::HeaderValue::from_static(v));
+        }
+        let rec: std::collections::HashMap<String, String> = recorded_headers(&h).into_iter().collect();
+        assert_eq!(rec["authorization"], REDACTED);
+        assert_eq!(rec["x-api-key"], REDACTED);
+        assert_eq!(rec["x-auth-token"], REDACTED);
+        assert_eq!(rec["webhook-signature"], "v1,abc");
+        assert_eq!(rec["x-env"], "prod");
+    }
 
     fn ev(payload: &str) -> EventRecord {
         EventRecord {

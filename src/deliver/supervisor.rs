@@ -33,6 +33,10 @@ pub struct Shared {
     /// Every event with an id up to this has been routed (pushed to its feeds).
     pub routed_upto: AtomicU64,
     pub shutdown: CancellationToken,
+    /// Set once the committer runs (it is started after the supervisor).
+    pub notifier: std::sync::OnceLock<super::notify::Notifier>,
+    /// An endpoint whose every attempt failed for this long is disabled (0: never).
+    pub disable_after_ms: u64,
 }
 
 /// Hands committed events to the feeds; used by the committer thread.
@@ -79,6 +83,11 @@ impl Progress {
     pub fn cursor(&self, endpoint: u64) -> Option<u64> {
         self.feeds.load().get(&endpoint).map(|f| f.cursor.load(Ordering::Acquire))
     }
+
+    /// The endpoint's feed, through which its dispatcher takes commands and publishes its state.
+    pub fn feed(&self, endpoint: u64) -> Option<Arc<Feed>> {
+        self.feeds.load().get(&endpoint).cloned()
+    }
 }
 
 pub struct Supervisor {
@@ -90,6 +99,10 @@ pub struct Supervisor {
 impl Supervisor {
     pub fn new(shared: Shared) -> Supervisor {
         Supervisor { shared: Arc::new(shared), feeds: Arc::default(), tracker: TaskTracker::new() }
+    }
+
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
     }
 
     pub fn router(&self) -> Router {
@@ -139,6 +152,13 @@ impl Supervisor {
             };
             let feed =
                 Arc::new(Feed::lagging_after(cursor, self.shared.committed_upto.load(Ordering::Acquire)));
+            match self.shared.store.endpoint_stats(id) {
+                Ok(Some(stats)) => *super::feed::lock(&feed.stats) = stats,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(endpoint = %crate::ids::EndpointId(id), error = %e, "cannot read the endpoint's statistics")
+                }
+            }
             next.insert(id, feed.clone());
             started.push((entry.record.id, entry.record.tenant_serial, feed, cursor));
         }

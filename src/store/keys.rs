@@ -13,6 +13,10 @@ pub const QUEUE: u8 = b'Q';
 pub const ATTEMPT: u8 = b'A';
 pub const ATTEMPT_BY_ENDPOINT: u8 = b'a';
 pub const BATCH_OF: u8 = b'b';
+pub const ATTEMPT_BY_WEBHOOK: u8 = b'v';
+pub const FAILED_ATTEMPT: u8 = b'x';
+pub const BATCH_RANGE: u8 = b'B';
+pub const ENDPOINT_STATS: u8 = b'S';
 pub const AUDIT: u8 = b'U';
 
 /// `prefix ++ name`.

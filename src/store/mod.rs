@@ -19,7 +19,11 @@
 //! | `state`  | `Q` E D W                   | empty: the retry queue, ordered by due time | dispatcher        |
 //! | `state`  | `A` T A                     | [`AttemptRecord`]                       | dispatcher            |
 //! | `state`  | `a` E A                     | empty: attempts by endpoint             | dispatcher            |
-//! | `state`  | `b` E V                     | batch id: the failed batch holding V    | dispatcher            |
+//! | `state`  | `b` E V                     | batch id (older stores; `B` replaces it) | —                    |
+//! | `state`  | `B` E V                     | last event ++ batch id: the batch of E whose events are V..=last | dispatcher |
+//! | `state`  | `v` T W A                   | endpoint id: attempts by webhook id     | dispatcher            |
+//! | `state`  | `x` T A                     | endpoint id: failed attempts            | dispatcher            |
+//! | `state`  | `S` E                       | [`EndpointStatsRecord`]: counters for the stats API | dispatcher |
 //! | `state`  | `U` id                      | [`AuditRecord`]: one authenticated write | API (audit layer)    |
 //!
 //! # Invariants
@@ -46,6 +50,7 @@ mod history;
 mod keys;
 mod log;
 pub mod records;
+mod retention;
 pub mod seal;
 
 use std::path::{Path, PathBuf};
@@ -54,9 +59,13 @@ use std::sync::Arc;
 pub use audit::AuditFilter;
 pub use catalog::CatalogError;
 pub use commit::{Accepted, CommitError, CommittedRecord, Committer, PreparedEvent};
-pub use history::{AttemptFilter, AttemptOutcomeWrite, DeliveryChange};
+pub use history::id_floor as history_id_floor;
+pub use history::{
+    AttemptCursor, AttemptFilter, AttemptOutcomeWrite, AttemptPage, AttemptSort, DeliveryChange, HistoryError,
+};
 pub use log::EventFilter;
 pub use records::IdempotencyRecord;
+pub use retention::{Live, Purged};
 
 use crate::config::Durability;
 
@@ -143,6 +152,7 @@ impl Store {
             }),
         };
         store.seal_plaintext_secrets()?;
+        store.index_history()?;
         store.sync()?;
         Ok(store)
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::harness::{Daemon, StatusCode, assert_problem};
+use crate::harness::{Daemon, StatusCode, assert_problem, eventually};
 use crate::receiver::{Received, Receiver, verify};
 
 const TENANT: &str = "acme";
@@ -88,11 +88,12 @@ async fn signing_secrets_are_sealed_at_rest_and_need_their_master_key_to_start()
 async fn secrets_written_without_a_master_key_are_sealed_once_one_is_set() {
     let receiver = Receiver::start().await;
     let mut daemon = Daemon::start().await;
-    assert!(
-        daemon.stderr_lines().iter().any(|l| l.contains("auth.master_key is not set")),
-        "no warning about unsealed secrets: {:?}",
-        daemon.stderr_lines()
-    );
+    // stderr is read by a background task: the line may land just after the daemon says it listens.
+    let warned = eventually(Duration::from_secs(5), Duration::from_millis(20), || async {
+        daemon.stderr_lines().iter().any(|l| l.contains("auth.master_key is not set")).then_some(())
+    })
+    .await;
+    assert!(warned.is_some(), "no warning about unsealed secrets: {:?}", daemon.stderr_lines());
     endpoint_with_secret(&daemon, &receiver).await;
     daemon.terminate().await;
     set_master_key(&daemon, Some(KEY));

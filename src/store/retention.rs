@@ -1,0 +1,272 @@
+//! Retention: what is older than `storage.retention` is purged, in the background, once nothing still
+//! needs it.
+//!
+//! - **Events** (log records) older than the window go once every endpoint of their tenant has handed
+//!   them off: an event at or after an endpoint's cursor, or carried by a delivery still pending (in the
+//!   retry queue), holds its record — and, since a record is purged whole and cursors only move forward,
+//!   everything after it. A disabled endpoint's cursor does not move, so its deliveries are kept for it.
+//!   Deliveries that failed for good do not hold anything: past the window they can no longer be
+//!   re-sent.
+//! - **Idempotency keys** older than the window (the API promises replays within it).
+//! - **Attempts** older than the window, with their index entries.
+//! - **Delivery records** that are finished (succeeded or failed) and older than the window, batch
+//!   ranges older than it, and the audit trail's entries older than it.
+//! - **Deleted endpoints' state** (cursor, deliveries, retry queue, statistics, indexes) and deleted
+//!   tenants' data (unreachable since the deletion: a re-created tenant has a new serial) go by the same
+//!   clock: everything of theirs is purged as it ages out, the state of a deleted endpoint at once.
+//!
+//! A pass reads and deletes in chunks of [`CHUNK`] keys, each its own sled batch, so it never holds
+//! more than a chunk in memory and never blocks writers for long. Every deletion is independent (an
+//! index entry whose record is gone is skipped by readers), so a crash mid-pass leaves nothing broken;
+//! the next pass continues.
+
+use std::collections::HashMap;
+
+use super::history::id_floor;
+use super::records;
+use super::{Store, StoreError, keys};
+use crate::model::{AttemptRecord, DeliveryRecord, DeliveryState, LogRecord};
+
+/// Keys deleted per sled batch.
+pub const CHUNK: usize = 5_000;
+
+/// What a purge pass removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    pub log_records: u64,
+    pub events: u64,
+    pub idempotency_keys: u64,
+    pub attempts: u64,
+    pub deliveries: u64,
+    pub audit_entries: u64,
+    /// Keys of deleted endpoints (their cursor, queue, deliveries, statistics, indexes).
+    pub orphaned_keys: u64,
+}
+
+/// What the purge needs to know of the live configuration.
+pub struct Live {
+    /// Every existing endpoint and its tenant serial.
+    pub endpoints: HashMap<u64, u64>,
+    /// Ids at or above this were not yet allocated when `endpoints` was read: such an endpoint may be
+    /// missing from it because it is new, so its state is never treated as orphaned.
+    pub id_ceiling: u64,
+}
+
+/// Deletes keys in chunks.
+struct Deleter<'a> {
+    tree: &'a sled::Tree,
+    batch: sled::Batch,
+    pending: usize,
+}
+
+impl<'a> Deleter<'a> {
+    fn new(tree: &'a sled::Tree) -> Deleter<'a> {
+        Deleter { tree, batch: sled::Batch::default(), pending: 0 }
+    }
+
+    fn remove(&mut self, key: &[u8]) -> Result<(), StoreError> {
+        self.batch.remove(key);
+        self.pending += 1;
+        if self.pending >= CHUNK {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), StoreError> {
+        if self.pending > 0 {
+            self.tree.apply_batch(std::mem::take(&mut self.batch))?;
+            self.pending = 0;
+        }
+        Ok(())
+    }
+}
+
+impl Store {
+    /// One retention pass: purges what is older than `cutoff_ms` and no longer needed.
+    pub fn purge(&self, cutoff_ms: u64, live: &Live) -> Result<Purged, StoreError> {
+        let cutoff_id = id_floor(cutoff_ms);
+        let mut purged = Purged::default();
+        // Endpoints first: what a live endpoint still needs decides what of the log may go.
+        let mut needed: HashMap<u64, u64> = HashMap::new(); // tenant serial -> oldest event still needed
+        for (&endpoint, &tenant) in &live.endpoints {
+            let oldest = self.oldest_needed(endpoint)?;
+            let slot = needed.entry(tenant).or_insert(u64::MAX);
+            *slot = (*slot).min(oldest);
+        }
+        self.purge_endpoint_state(cutoff_id, live, &mut purged)?;
+        for tenant in self.serials_with(&self.inner.log, keys::LOG)? {
+            let limit = needed.get(&tenant).copied().unwrap_or(u64::MAX).min(cutoff_id);
+            self.purge_log(tenant, limit, &mut purged)?;
+        }
+        for tenant in self.serials_with(&self.inner.log, keys::IDEMPOTENCY)? {
+            self.purge_idempotency(tenant, cutoff_ms, &mut purged)?;
+        }
+        for tenant in self.serials_with(&self.inner.state, keys::ATTEMPT)? {
+            self.purge_attempts(tenant, cutoff_id, &mut purged)?;
+        }
+        let mut audit = Deleter::new(&self.inner.state);
+        for item in self.inner.state.range(keys::one(keys::AUDIT, 0)..keys::one(keys::AUDIT, cutoff_id)) {
+            let (k, _) = item?;
+            audit.remove(&k)?;
+            purged.audit_entries += 1;
+        }
+        audit.flush()?;
+        self.mark_state_dirty();
+        Ok(purged)
+    }
+
+    /// The oldest event an endpoint still needs: the one after its cursor, or an event of a delivery
+    /// waiting in its retry queue.
+    fn oldest_needed(&self, endpoint: u64) -> Result<u64, StoreError> {
+        let mut oldest = match self.cursor(endpoint)? {
+            Some(c) => c.saturating_add(1),
+            // No cursor yet: it has handed off nothing, but only events after its creation reach it,
+            // and those are at least as new as anything its tenant's log holds from then on. Keep all.
+            None => 0,
+        };
+        for item in self.inner.state.scan_prefix(keys::one(keys::QUEUE, endpoint)).keys() {
+            let k = item?;
+            let webhook = keys::trailing_u64(&k);
+            if let Some(d) = self.delivery(endpoint, webhook)?
+                && let Some(first) = d.events.iter().min()
+            {
+                oldest = oldest.min(*first);
+            }
+        }
+        Ok(oldest)
+    }
+
+    /// The serials (or endpoint ids) that have keys under `prefix`, found by seeking, not scanning.
+    fn serials_with(&self, tree: &sled::Tree, prefix: u8) -> Result<Vec<u64>, StoreError> {
+        let mut out = Vec::new();
+        let mut from = 0u64;
+        loop {
+            let Some(item) =
+                tree.range(keys::one(prefix, from)..keys::one(prefix.saturating_add(1), 0)).next()
+            else {
+                break;
+            };
+            let (k, _) = item?;
+            if k.first() != Some(&prefix) || k.len() < 9 {
+                break;
+            }
+            let serial = keys::u64_at(&k, 1);
+            out.push(serial);
+            match serial.checked_add(1) {
+                Some(next) => from = next,
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Log records of a tenant whose every event is older than `limit` (an id).
+    fn purge_log(&self, tenant: u64, limit: u64, purged: &mut Purged) -> Result<(), StoreError> {
+        let mut del = Deleter::new(&self.inner.log);
+        for item in self.inner.log.range(keys::two(keys::LOG, tenant, 0)..keys::two(keys::LOG, tenant, limit))
+        {
+            let (k, v) = item?;
+            let first = keys::trailing_u64(&k);
+            let record: LogRecord = records::decode(&k, &v)?;
+            let n = record.events.len() as u64;
+            if first.saturating_add(n) > limit {
+                break; // its last events are still needed (or recent), and so is everything after
+            }
+            del.remove(&k)?;
+            purged.log_records += 1;
+            purged.events += n;
+        }
+        del.flush()
+    }
+
+    fn purge_idempotency(&self, tenant: u64, cutoff_ms: u64, purged: &mut Purged) -> Result<(), StoreError> {
+        let mut del = Deleter::new(&self.inner.log);
+        for item in self.inner.log.scan_prefix(keys::one(keys::IDEMPOTENCY, tenant)) {
+            let (k, v) = item?;
+            let rec: records::IdempotencyRecord = records::decode(&k, &v)?;
+            if rec.received_at < cutoff_ms {
+                del.remove(&k)?;
+                purged.idempotency_keys += 1;
+            }
+        }
+        del.flush()
+    }
+
+    fn purge_attempts(&self, tenant: u64, cutoff_id: u64, purged: &mut Purged) -> Result<(), StoreError> {
+        let mut del = Deleter::new(&self.inner.state);
+        let range = keys::two(keys::ATTEMPT, tenant, 0)..keys::two(keys::ATTEMPT, tenant, cutoff_id);
+        for item in self.inner.state.range(range) {
+            let (k, v) = item?;
+            let id = keys::trailing_u64(&k);
+            // An undecodable record still goes; its index entries are skipped by readers.
+            if let Ok(a) = records::decode::<AttemptRecord>(&k, &v) {
+                del.remove(&keys::two(keys::ATTEMPT_BY_ENDPOINT, a.endpoint_id, id))?;
+                del.remove(&keys::three(keys::ATTEMPT_BY_WEBHOOK, tenant, a.webhook_id, id))?;
+                if !a.succeeded {
+                    del.remove(&keys::two(keys::FAILED_ATTEMPT, tenant, id))?;
+                }
+            }
+            del.remove(&k)?;
+            purged.attempts += 1;
+        }
+        del.flush()
+    }
+
+    /// Per-endpoint state: finished deliveries and batch ranges older than the window; everything of a
+    /// deleted endpoint.
+    fn purge_endpoint_state(
+        &self,
+        cutoff_id: u64,
+        live: &Live,
+        purged: &mut Purged,
+    ) -> Result<(), StoreError> {
+        let state = &self.inner.state;
+        let mut del = Deleter::new(state);
+        let orphan = |e: u64| e < live.id_ceiling && !live.endpoints.contains_key(&e);
+        for prefix in [keys::CURSOR, keys::ENDPOINT_STATS, keys::QUEUE, keys::BATCH_OF] {
+            for endpoint in self.serials_with(state, prefix)? {
+                if orphan(endpoint) {
+                    for item in state.scan_prefix(keys::one(prefix, endpoint)).keys() {
+                        del.remove(&item?)?;
+                        purged.orphaned_keys += 1;
+                    }
+                }
+            }
+        }
+        for endpoint in self.serials_with(state, keys::DELIVERY)? {
+            let gone = orphan(endpoint);
+            let hi = if gone { u64::MAX } else { cutoff_id };
+            for item in
+                state.range(keys::two(keys::DELIVERY, endpoint, 0)..keys::two(keys::DELIVERY, endpoint, hi))
+            {
+                let (k, v) = item?;
+                let finished = match records::decode::<DeliveryRecord>(&k, &v) {
+                    Ok(d) => d.state != DeliveryState::Pending,
+                    Err(_) => true,
+                };
+                if gone || finished {
+                    del.remove(&k)?;
+                    purged.deliveries += 1;
+                }
+            }
+        }
+        for endpoint in self.serials_with(state, keys::BATCH_RANGE)? {
+            let hi = if orphan(endpoint) { u64::MAX } else { cutoff_id };
+            let range = keys::two(keys::BATCH_RANGE, endpoint, 0)..keys::two(keys::BATCH_RANGE, endpoint, hi);
+            for item in state.range(range).keys() {
+                del.remove(&item?)?;
+            }
+        }
+        // A live endpoint's attempt index entries go with their attempts; a deleted one's at once.
+        for endpoint in self.serials_with(state, keys::ATTEMPT_BY_ENDPOINT)? {
+            if orphan(endpoint) {
+                for item in state.scan_prefix(keys::one(keys::ATTEMPT_BY_ENDPOINT, endpoint)).keys() {
+                    del.remove(&item?)?;
+                    purged.orphaned_keys += 1;
+                }
+            }
+        }
+        del.flush()
+    }
+}
