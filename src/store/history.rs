@@ -348,6 +348,17 @@ impl Store {
         after: Option<AttemptCursor>,
         limit: usize,
     ) -> Result<AttemptPage, HistoryError> {
+        self.list_attempts_counted(tenant, filter, after, limit).map(|(page, _)| page)
+    }
+
+    /// [`Store::list_attempts`], and how many attempt records it read to answer.
+    pub fn list_attempts_counted(
+        &self,
+        tenant: u64,
+        filter: &AttemptFilter,
+        after: Option<AttemptCursor>,
+        limit: usize,
+    ) -> Result<(AttemptPage, usize), HistoryError> {
         let (mut lo, mut hi) = filter.id_range();
         match filter.sort {
             AttemptSort::SentAtDesc | AttemptSort::SentAtAsc => {
@@ -361,7 +372,7 @@ impl Store {
                 }
                 let mut out = Vec::with_capacity(limit.min(256));
                 if lo > hi {
-                    return Ok((out, None));
+                    return Ok(((out, None), 0));
                 }
                 let mut scanned = 0usize;
                 for item in self.entries(tenant, filter, lo, hi, ascending)? {
@@ -371,10 +382,10 @@ impl Store {
                         out.push((id, rec));
                     }
                     if out.len() == limit || scanned >= MAX_SCANNED_PER_PAGE {
-                        return Ok((out, Some(AttemptCursor { value: None, id })));
+                        return Ok(((out, Some(AttemptCursor { value: None, id })), scanned));
                     }
                 }
-                Ok((out, None))
+                Ok(((out, None), scanned))
             }
             sort => {
                 let descending = matches!(
@@ -385,9 +396,11 @@ impl Store {
                 // Only (value, id) pairs are kept while reading the window; the page's records are read
                 // again at the end.
                 let mut keys: Vec<(u64, u64)> = Vec::new();
+                let mut scanned = 0usize;
                 if lo <= hi {
                     for item in self.entries(tenant, filter, lo, hi, true)? {
                         let (id, rec) = item?;
+                        scanned += 1;
                         if filter.keeps(&rec) {
                             if keys.len() == MAX_SORT_WINDOW {
                                 return Err(HistoryError::WindowTooLarge);
@@ -418,7 +431,8 @@ impl Store {
                 }
                 let next =
                     page.last().filter(|_| more).map(|(v, id)| AttemptCursor { value: Some(*v), id: *id });
-                Ok((out, next))
+                scanned += out.len();
+                Ok(((out, next), scanned))
             }
         }
     }
@@ -574,4 +588,154 @@ fn add_outcome(batch: &mut sled::Batch, w: &AttemptOutcomeWrite<'_>) -> Result<(
         batch.insert(&keys::one(keys::CURSOR, w.endpoint), &c.to_be_bytes());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Durability;
+    use crate::model::{HttpMethod, Trigger};
+    use crate::store::StoreSettings;
+
+    const TENANT: u64 = 7;
+    const GOOD: u64 = 100;
+    const RARE: u64 = 200;
+    /// 2026-11-23T00:00:00Z.
+    const T0: u64 = 1_795_392_000_000;
+
+    fn attempt(i: u64) -> (u64, AttemptRecord) {
+        let sent_at = T0 + i; // one attempt per ms
+        let id = id_floor(sent_at);
+        let failed = i % 97 == 0;
+        let record = AttemptRecord {
+            endpoint_id: if i % 10 == 0 { RARE } else { GOOD },
+            webhook_id: id - 1, // its event, ingested just before
+            batch: false,
+            events: vec![id - 1],
+            url: format!("https://example.com/{}", if i % 1000 == 7 { "needle" } else { "hay" }),
+            method: HttpMethod::Post,
+            sent_at,
+            succeeded: !failed,
+            status_code: Some(if failed { 500 } else { 200 + (i % 3) as u16 }),
+            request_headers: Vec::new(),
+            response_headers: Vec::new(),
+            response_body: String::new(),
+            response_truncated: false,
+            error_class: None,
+            error: None,
+            duration_ms: i % 251,
+            attempt_number: 1,
+            trigger: Trigger::Scheduled,
+            request_body: None,
+        };
+        (id, record)
+    }
+
+    /// A history of `n` attempts of two endpoints, one in ten at `RARE`, one in 97 failed.
+    fn history(n: u64) -> (tempfile::TempDir, Store, Vec<(u64, AttemptRecord)>) {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = Store::open(&StoreSettings {
+            data_dir: dir.path().to_path_buf(),
+            durability: Durability::Os,
+            cache_bytes: 64 << 20,
+            master_key: None,
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        let all: Vec<(u64, AttemptRecord)> = (0..n).map(attempt).collect();
+        for chunk in all.chunks(2000) {
+            let writes: Vec<AttemptOutcomeWrite<'_>> = chunk
+                .iter()
+                .map(|(id, a)| AttemptOutcomeWrite {
+                    tenant: TENANT,
+                    endpoint: a.endpoint_id,
+                    attempt_id: *id,
+                    attempt: a,
+                    delivery: &DeliveryChange::Unchanged,
+                    cursor: None,
+                })
+                .collect();
+            store.write_attempt_outcomes(&writes).unwrap_or_else(|e| panic!("{e}"));
+        }
+        (dir, store, all)
+    }
+
+    fn page(store: &Store, f: &AttemptFilter, limit: usize) -> (Vec<u64>, usize) {
+        let ((items, _), examined) =
+            store.list_attempts_counted(TENANT, f, None, limit).unwrap_or_else(|e| panic!("{e}"));
+        (items.into_iter().map(|(id, _)| id).collect(), examined)
+    }
+
+    /// The same query answered by reading everything, newest first.
+    fn brute(all: &[(u64, AttemptRecord)], keep: impl Fn(&AttemptRecord) -> bool, limit: usize) -> Vec<u64> {
+        all.iter().rev().filter(|(_, a)| keep(a)).take(limit).map(|(id, _)| *id).collect()
+    }
+
+    #[test]
+    fn filtered_pages_of_a_large_history_read_only_what_they_return() {
+        const N: u64 = 60_000;
+        let (_dir, store, all) = history(N);
+
+        // Failed attempts come from their own index: 50 read for 50 shown, out of 60,000.
+        let f = AttemptFilter { succeeded: Some(false), ..Default::default() };
+        let (ids, examined) = page(&store, &f, 50);
+        assert_eq!(ids, brute(&all, |a| !a.succeeded, 50));
+        assert_eq!(examined, 50);
+        // Failed at one endpoint: its failures only are read (the endpoint is in the index).
+        let f = AttemptFilter { succeeded: Some(false), endpoint: Some(RARE), ..Default::default() };
+        let (ids, examined) = page(&store, &f, 1000);
+        let expected = brute(&all, |a| !a.succeeded && a.endpoint_id == RARE, 1000);
+        assert_eq!((ids.len(), examined), (expected.len(), expected.len()));
+        assert_eq!(ids, expected);
+        // One endpoint among busier ones.
+        let f = AttemptFilter { endpoint: Some(RARE), ..Default::default() };
+        let (ids, examined) = page(&store, &f, 100);
+        assert_eq!((ids, examined), (brute(&all, |a| a.endpoint_id == RARE, 100), 100));
+        // One event: its attempts, nothing else.
+        let (target, rec) = &all[12_345];
+        let f = AttemptFilter { webhooks: Some(vec![(rec.webhook_id, None)]), ..Default::default() };
+        assert_eq!(page(&store, &f, 50), (vec![*target], 1));
+        // A time window is a key range: 100 ms of history, 100 attempts read.
+        let f =
+            AttemptFilter { since_ms: Some(T0 + 30_000), until_ms: Some(T0 + 30_099), ..Default::default() };
+        let (ids, examined) = page(&store, &f, 250);
+        assert_eq!((ids.len(), examined), (100, 100));
+        assert_eq!(ids, brute(&all, |a| (T0 + 30_000..=T0 + 30_099).contains(&a.sent_at), 250));
+        // Sorted by duration over a window of 1,000: the window and the page are read, no more.
+        let f = AttemptFilter {
+            since_ms: Some(T0 + 10_000),
+            until_ms: Some(T0 + 10_999),
+            sort: AttemptSort::DurationMs { descending: true },
+            ..Default::default()
+        };
+        let ((items, next), examined) =
+            store.list_attempts_counted(TENANT, &f, None, 20).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(examined, 1000 + 20);
+        assert!(items.windows(2).all(|w| w[0].1.duration_ms >= w[1].1.duration_ms));
+        assert_eq!(items[0].1.duration_ms, 250);
+        let ((rest, _), _) =
+            store.list_attempts_counted(TENANT, &f, next, 2000).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(items.len() + rest.len(), 1000);
+        assert!(
+            rest.iter().all(
+                |(id, a)| a.duration_ms <= items[19].1.duration_ms && !items.iter().any(|(i, _)| i == id)
+            )
+        );
+        // Sorting all 60,000 would need more than the window allows: refused with advice, not read.
+        let f = AttemptFilter { sort: AttemptSort::StatusCode { descending: false }, ..Default::default() };
+        assert!(matches!(store.list_attempts(TENANT, &f, None, 5), Err(HistoryError::WindowTooLarge)));
+    }
+
+    #[test]
+    fn text_search_and_unbounded_sorts_are_bounded() {
+        let (_dir, store, all) = history(3_000);
+        let f = AttemptFilter { text: Some("needle".into()), ..Default::default() };
+        let (ids, _) = page(&store, &f, 50);
+        assert_eq!(ids, brute(&all, |a| a.url.contains("needle"), 50));
+        // Sorting needs the whole window in hand; too large a window is refused, not read.
+        let f = AttemptFilter { sort: AttemptSort::StatusCode { descending: false }, ..Default::default() };
+        let ((items, _), _) =
+            store.list_attempts_counted(TENANT, &f, None, 5).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(items[0].1.status_code, Some(200));
+        const { assert!(MAX_SORT_WINDOW > 3_000, "this history fits the window") };
+    }
 }

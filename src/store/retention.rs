@@ -270,3 +270,113 @@ impl Store {
         del.flush()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Durability;
+    use crate::model::EventRecord;
+    use crate::store::StoreSettings;
+
+    const TENANT: u64 = 3;
+    const LIVE: u64 = 1_000;
+    const DELETED: u64 = 2_000;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let settings = StoreSettings {
+            data_dir: dir.path().to_path_buf(),
+            durability: Durability::Os,
+            cache_bytes: 8 << 20,
+            master_key: None,
+        };
+        let store = Store::open(&settings).unwrap_or_else(|e| panic!("{e}"));
+        (dir, store)
+    }
+
+    fn log_record(store: &Store, first: u64, n: usize) {
+        let ev = EventRecord {
+            event_type: "a.b".into(),
+            channels: vec![],
+            payload: "{}".into(),
+            received_at: 0,
+            idempotency_key: None,
+            routes: vec![LIVE],
+        };
+        let record = LogRecord { events: vec![ev; n] };
+        let bytes = records::encode(&record).unwrap_or_else(|e| panic!("{e}"));
+        store.inner.log.insert(keys::two(keys::LOG, TENANT, first), bytes).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    fn delivery(store: &Store, endpoint: u64, webhook: u64, state: DeliveryState, due: Option<u64>) {
+        let d = DeliveryRecord {
+            events: vec![webhook],
+            batch_id: None,
+            state,
+            attempts: 1,
+            next_attempt_at: due,
+            last_attempt_id: None,
+            created_at: 0,
+            updated_at: 0,
+            manual: false,
+        };
+        let bytes = records::encode(&d).unwrap_or_else(|e| panic!("{e}"));
+        let state_tree = &store.inner.state;
+        state_tree
+            .insert(keys::two(keys::DELIVERY, endpoint, webhook), bytes)
+            .unwrap_or_else(|e| panic!("{e}"));
+        match due {
+            Some(due) => state_tree.insert(keys::three(keys::QUEUE, endpoint, due, webhook), &[]),
+            None => state_tree.remove(keys::three(keys::QUEUE, endpoint, 5, webhook)),
+        }
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    fn firsts(store: &Store) -> Vec<u64> {
+        store
+            .inner
+            .log
+            .scan_prefix(keys::one(keys::LOG, TENANT))
+            .keys()
+            .map(|k| keys::trailing_u64(&k.unwrap_or_default()))
+            .collect()
+    }
+
+    #[test]
+    fn the_log_goes_only_up_to_what_cursors_and_pending_deliveries_still_need() {
+        let (_dir, store) = store();
+        for (first, n) in [(10, 3), (20, 1), (30, 2), (60, 1)] {
+            log_record(&store, first, n);
+        }
+        store.put_cursor(LIVE, 50).unwrap_or_else(|e| panic!("{e}"));
+        delivery(&store, LIVE, 20, DeliveryState::Pending, Some(5));
+        // A deleted endpoint's state, and a stale one of a too-new id (created during the pass).
+        store.put_cursor(DELETED, 7).unwrap_or_else(|e| panic!("{e}"));
+        delivery(&store, DELETED, 12, DeliveryState::Pending, Some(9));
+        store.put_cursor(9_000, 7).unwrap_or_else(|e| panic!("{e}"));
+        let live = Live { endpoints: HashMap::from([(LIVE, TENANT)]), id_ceiling: 5_000 };
+        let everything_old = u64::MAX / 4096 / 1000;
+
+        let p = store.purge(everything_old, &live).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            firsts(&store),
+            [20, 30, 60],
+            "the pending delivery of event 20 holds it and what follows"
+        );
+        assert_eq!((p.log_records, p.events), (1, 3));
+        assert_eq!(store.cursor(DELETED).unwrap_or_default(), None, "a deleted endpoint's state goes");
+        assert!(store.delivery(DELETED, 12).unwrap_or_default().is_none());
+        assert_eq!(store.due(DELETED, 10).unwrap_or_default(), vec![]);
+        assert_eq!(store.cursor(9_000).unwrap_or_default(), Some(7), "an id past the ceiling may be new");
+
+        // The delivery fails for good: it no longer holds anything; the cursor still holds event 60.
+        delivery(&store, LIVE, 20, DeliveryState::Failed, None);
+        store.purge(everything_old, &live).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(firsts(&store), [60]);
+        assert!(store.delivery(LIVE, 20).unwrap_or_default().is_none(), "a finished delivery ages out");
+        // Nothing is older than a cutoff in the past.
+        log_record(&store, 70, 1);
+        let p = store.purge(0, &live).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((firsts(&store), p.events), (vec![60, 70], 0));
+    }
+}
