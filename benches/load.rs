@@ -30,6 +30,8 @@ struct Opts {
     quick: bool,
     secs: u64,
     connections: usize,
+    /// `--soak SECS`: only the retention soak, for that long.
+    soak: Option<u64>,
 }
 
 fn now_micros() -> u64 {
@@ -138,9 +140,15 @@ struct Daemon {
 }
 
 async fn start_daemon(durability: &str) -> Res<Daemon> {
+    start_daemon_with(durability, "").await
+}
+
+/// `storage_extra`: more lines for the `[storage]` section.
+async fn start_daemon_with(durability: &str, storage_extra: &str) -> Res<Daemon> {
     let dir = tempfile::tempdir()?;
     let config = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\ndata_dir = {:?}\ndurability = \"{durability}\"\n\
+         {storage_extra}\n\
          [auth]\nadmin_token = \"{TOKEN}\"\n[delivery]\nallow_http = true\nallow_private_destinations = true\n\
          max_in_flight = 64\n",
         dir.path().join("data")
@@ -379,7 +387,63 @@ async fn setup_tenant(addr: SocketAddr, sink: &Sink, endpoints: usize) -> Res<()
     Ok(())
 }
 
+/// Bytes the files under `dir` take.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// The retention soak: steady ingest with delivery under a short `storage.retention`, printing the data
+/// dir's size and the daemon's RSS as time goes on. Disk use should level off once the first window has
+/// passed: what retention purges, new events reuse.
+async fn soak(secs: u64) -> Res<()> {
+    const RATE: u64 = 2_000;
+    const RETENTION_S: u64 = 60;
+    println!(
+        "retention soak: {RATE} events/s of 500 B for {secs} s, retention {RETENTION_S} s, delivered to a loopback sink"
+    );
+    let sink = start_sink().await?;
+    let daemon = start_daemon_with("fsync", &format!("retention = \"{RETENTION_S}s\"")).await?;
+    setup_tenant(daemon.addr, &sink, 1).await?;
+    let data = daemon._dir.path().join("data");
+    let started = Instant::now();
+    let addr = daemon.addr;
+    let driver = tokio::spawn(async move { steady(addr, RATE, secs).await });
+    let mut peak = 0u64;
+    while !driver.is_finished() {
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        let bytes = dir_bytes(&data);
+        peak = peak.max(bytes);
+        println!(
+            "  t={:>4} s  ingested≈{:>8}  delivered={:>8}  data dir {:>7.1} MiB  RSS {:>6.1} MiB",
+            started.elapsed().as_secs(),
+            started.elapsed().as_secs().min(secs) * RATE,
+            sink.received.load(Ordering::Relaxed),
+            bytes as f64 / 1048576.0,
+            rss_mib(daemon.child.id()),
+        );
+    }
+    let sent = driver.await??;
+    println!(
+        "soak done: {sent} events accepted, {} delivered, peak data dir {:.1} MiB, peak RSS {:.1} MiB",
+        sink.received.load(Ordering::Relaxed),
+        peak as f64 / 1048576.0,
+        peak_rss_mib(daemon.child.id())
+    );
+    Ok(())
+}
+
 async fn run(opts: Opts) -> Res<()> {
+    if let Some(secs) = opts.soak {
+        return soak(secs).await;
+    }
     println!(
         "hookd load benchmark ({} mode): {} connections, {} s per phase, 500 B payloads, loopback only",
         if opts.quick { "quick" } else { "full" },
@@ -616,7 +680,8 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     // `cargo bench` passes `--bench`; under `cargo test` (CI) the benchmark runs as a quick smoke test.
     let quick = args.iter().any(|a| a == "--quick") || !args.iter().any(|a| a == "--bench");
-    let opts = Opts { quick, secs: if quick { 2 } else { 10 }, connections: 64 };
+    let soak = args.iter().position(|a| a == "--soak").and_then(|i| args.get(i + 1)?.parse::<u64>().ok());
+    let opts = Opts { quick, secs: if quick { 2 } else { 10 }, connections: 64, soak };
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

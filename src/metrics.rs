@@ -20,6 +20,8 @@ pub const RATE_LIMIT_WAIT_SECONDS: &str = "hookd_rate_limit_wait_seconds";
 pub const LOG_BYTES: &str = "hookd_log_bytes";
 pub const CONNECTIONS_REFUSED: &str = "hookd_http_connections_refused_total";
 pub const PURGED: &str = "hookd_retention_purged_total";
+pub const QUEUE_DEPTH: &str = "hookd_queue_depth";
+pub const QUEUE_OLDEST: &str = "hookd_queue_oldest_pending_seconds";
 
 /// Installs the Prometheus recorder and describes every family. Returns the handle `/metrics` renders.
 pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
@@ -48,6 +50,11 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
     describe_counter!(RATE_LIMIT_WAITS, "Times a dispatcher waited for its endpoint's rate limiter.");
     describe_histogram!(RATE_LIMIT_WAIT_SECONDS, "How long dispatchers waited for their rate limiter.");
     describe_gauge!(LOG_BYTES, "Bytes the data directory uses on disk.");
+    describe_gauge!(
+        QUEUE_DEPTH,
+        "Deliveries waiting across endpoints: first attempts read but not made, and retries held in memory (a lower bound for endpoints far behind)."
+    );
+    describe_gauge!(QUEUE_OLDEST, "Age of the oldest delivery waiting (0 when none).");
     describe_counter!(
         PURGED,
         "Records removed by retention, by kind (events|attempts|deliveries|idempotency_keys|audit_entries|orphaned_keys)."
@@ -119,4 +126,10 @@ pub fn purged(p: &crate::store::Purged) {
             counter!(PURGED, "kind" => kind).increment(n);
         }
     }
+}
+
+/// The delivery queue across endpoints.
+pub fn queue(depth: u64, oldest: Duration) {
+    metrics::gauge!(QUEUE_DEPTH).set(depth as f64);
+    metrics::gauge!(QUEUE_OLDEST).set(oldest.as_secs_f64());
 }

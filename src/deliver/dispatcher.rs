@@ -272,6 +272,9 @@ impl Dispatcher {
             first_attempts: (self.pending.len() + self.backlog.len() + queued) as u64,
             oldest_event: oldest,
             lagging: lag.is_some(),
+            retries: (self.due.len() + self.retrying.len()) as u64,
+            retries_more: self.due_more,
+            first_retry: self.due.first().map(|(_, w)| *w),
         });
     }
 

@@ -48,6 +48,11 @@ pub struct Waiting {
     pub oldest_event: Option<u64>,
     /// Behind the log: more events may wait than the ones counted.
     pub lagging: bool,
+    /// Retries the dispatcher holds (due or in flight); the store may hold more (`retries_more`).
+    pub retries: u64,
+    pub retries_more: bool,
+    /// The webhook id of the retry due first.
+    pub first_retry: Option<u64>,
 }
 
 /// One event of a committed record, shared with every endpoint it goes to (no payload copy).

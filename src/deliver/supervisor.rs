@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
@@ -20,6 +21,9 @@ use crate::registry::RegistryHandle;
 use crate::store::{CommittedRecord, Store};
 
 type Feeds = HashMap<u64, Arc<Feed>>;
+
+/// How often the queue gauges are refreshed.
+const QUEUE_GAUGES_EVERY: Duration = Duration::from_secs(5);
 
 /// What every dispatcher shares.
 pub struct Shared {
@@ -116,15 +120,35 @@ impl Supervisor {
     /// Runs until shutdown, then waits for every dispatcher to finish its attempts in hand.
     pub async fn run(self) {
         let mut changes = self.shared.registry.subscribe();
+        let mut gauges = tokio::time::interval(QUEUE_GAUGES_EVERY);
+        gauges.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.sync_workers();
             tokio::select! {
                 changed = changes.changed() => if changed.is_err() { break },
+                _ = gauges.tick() => self.publish_queue_gauges(),
                 () = self.shared.shutdown.cancelled() => break,
             }
         }
         self.tracker.close();
         self.tracker.wait().await;
+    }
+
+    /// The queue across endpoints, from what each dispatcher last published: deliveries waiting, and the
+    /// age of the oldest (ids come from the id clock: `unix µs << 12`).
+    fn publish_queue_gauges(&self) {
+        let mut depth = 0u64;
+        let mut oldest: Option<u64> = None;
+        for feed in self.feeds.load().values() {
+            let w = feed.waiting();
+            depth += w.first_attempts + w.retries;
+            for id in [w.oldest_event, w.first_retry].into_iter().flatten() {
+                oldest = Some(oldest.map_or(id, |o| o.min(id)));
+            }
+        }
+        let now = crate::time::now_ms();
+        let age_ms = oldest.map_or(0, |id| now.saturating_sub((id >> 12) / 1000));
+        crate::metrics::queue(depth, Duration::from_millis(age_ms));
     }
 
     /// Starts a dispatcher for every endpoint without one; forgets the feeds of deleted endpoints
