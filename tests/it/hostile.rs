@@ -51,6 +51,8 @@ fn hostile(rng: &mut StdRng, valid: &Value, kind: usize) -> Vec<u8> {
 async fn hostile_bodies_on_every_management_write_route_get_4xx_and_change_nothing() {
     let daemon = Daemon::start().await;
     daemon.create_tenant("acme").await;
+    // Ingested before the endpoint exists: routed nowhere, so nothing is delivered during the test.
+    let event = daemon.ingest("acme", "a.b", json!({})).await;
     let (endpoint, _) = daemon.create_endpoint("acme", json!({ "url": "http://127.0.0.1:9/hook" })).await;
     let (status, key) = daemon.post("/v1/api-keys", json!({ "name": "k", "scopes": ["read"] })).await;
     assert_eq!(status, StatusCode::CREATED, "{key}");
@@ -84,6 +86,12 @@ async fn hostile_bodies_on_every_management_write_route_get_4xx_and_change_nothi
             json!({ "name": "n", "scopes": ["read"], "allowed_ips": ["10.0.0.0/8"] }),
         ),
         (Method::PATCH, format!("/v1/api-keys/{key_id}"), json!({ "name": "n" })),
+        (
+            Method::POST,
+            format!("/v1/tenants/acme/endpoints/{endpoint}/recover"),
+            json!({ "since": "2026-01-01T00:00:00Z", "until": "2026-01-02T00:00:00Z" }),
+        ),
+        (Method::POST, format!("/v1/tenants/acme/events/{event}/resend"), json!({ "endpoint_id": endpoint })),
     ];
     let (_, endpoints_before) = daemon.get("/v1/tenants/acme/endpoints").await;
     let (_, secret_before) = daemon.get(&format!("/v1/tenants/acme/endpoints/{endpoint}/secret")).await;
