@@ -19,6 +19,9 @@ pub struct TenantRecord {
     pub name: String,
     pub created_at: u64,
     pub updated_at: u64,
+    /// Overrides `delivery.disable_after` for this tenant's endpoints (ms).
+    #[serde(default)]
+    pub disable_after_ms: Option<u64>,
 }
 
 /// The HTTP method used to call an endpoint.

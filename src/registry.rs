@@ -373,7 +373,14 @@ mod tests {
     }
 
     fn tenant(serial: u64) -> TenantRecord {
-        TenantRecord { serial, id: format!("t{serial}"), name: String::new(), created_at: 0, updated_at: 0 }
+        TenantRecord {
+            serial,
+            id: format!("t{serial}"),
+            name: String::new(),
+            created_at: 0,
+            updated_at: 0,
+            disable_after_ms: None,
+        }
     }
 
     #[derive(Debug, Clone)]

@@ -20,12 +20,45 @@ pub struct CreateTenant {
     pub id: String,
     #[serde(default)]
     pub name: Option<String>,
+    /// Overrides `delivery.disable_after` for this tenant (`"2d"`).
+    #[serde(default)]
+    pub disable_after: Option<String>,
 }
 
+/// A partial update: absent fields keep their value; `"disable_after": null` returns the tenant to the
+/// daemon's setting.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateTenant {
-    pub name: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    pub disable_after: Option<Option<String>>,
+}
+
+/// Tells a field given as `null` (`Some(None)`) from an absent one (`None`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+/// Shortest and longest `disable_after` a tenant may set.
+const DISABLE_AFTER_RANGE: (std::time::Duration, std::time::Duration) =
+    (std::time::Duration::from_secs(1), std::time::Duration::from_secs(365 * 86_400));
+
+fn parse_disable_after(text: &str, errors: &mut Vec<FieldError>) -> Option<u64> {
+    match text.parse::<crate::config::HumanDuration>() {
+        Ok(d) if (DISABLE_AFTER_RANGE.0..=DISABLE_AFTER_RANGE.1).contains(&d.0) => {
+            Some(d.0.as_millis() as u64)
+        }
+        Ok(_) => {
+            errors.push(FieldError::new("disable_after", "must be between 1s and 365d"));
+            None
+        }
+        Err(_) => {
+            errors.push(FieldError::new("disable_after", "must be a duration such as \"5d\" or \"12h\""));
+            None
+        }
+    }
 }
 
 /// Tenant ids are the platform's own: 1-64 of `[A-Za-z0-9_.-]`, starting with a letter or digit.
@@ -54,6 +87,7 @@ pub async fn create(
     }
     let name = body.name.unwrap_or_else(|| body.id.clone());
     check_name(&name, &mut errors);
+    let disable_after_ms = body.disable_after.as_deref().and_then(|t| parse_disable_after(t, &mut errors));
     if !errors.is_empty() {
         return Err(Problem::invalid(errors));
     }
@@ -68,6 +102,7 @@ pub async fn create(
             name,
             created_at: now,
             updated_at: now,
+            disable_after_ms,
         };
         store.create_tenant(&rec)?;
         reg.put_tenant(rec.clone());
@@ -112,14 +147,22 @@ pub async fn update(
     JsonBody(body): JsonBody<UpdateTenant>,
 ) -> Result<Json<TenantView>, Problem> {
     let mut errors = Vec::new();
-    check_name(&body.name, &mut errors);
+    if let Some(name) = &body.name {
+        check_name(name, &mut errors);
+    }
+    let disable_after = body.disable_after.map(|d| d.and_then(|t| parse_disable_after(&t, &mut errors)));
     if !errors.is_empty() {
         return Err(Problem::invalid(errors));
     }
     let rec = state.registry.mutate(|reg, store| -> Result<Option<TenantRecord>, Problem> {
         let Some(current) = reg.tenant(&t.id) else { return Ok(None) };
         let mut rec = TenantRecord::clone(current);
-        rec.name = body.name;
+        if let Some(name) = body.name {
+            rec.name = name;
+        }
+        if let Some(d) = disable_after {
+            rec.disable_after_ms = d;
+        }
         rec.updated_at = crate::time::now_ms();
         store.put_tenant(&rec)?;
         reg.put_tenant(rec.clone());

@@ -32,6 +32,8 @@ fn raw(json: &str) -> Box<RawValue> {
 pub struct TenantView {
     pub id: String,
     pub name: String,
+    /// This tenant's `delivery.disable_after`, when it overrides the daemon's (`"2d"`).
+    pub disable_after: Option<String>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -41,6 +43,9 @@ impl From<&TenantRecord> for TenantView {
         TenantView {
             id: t.id.clone(),
             name: t.name.clone(),
+            disable_after: t
+                .disable_after_ms
+                .map(|ms| crate::config::HumanDuration(std::time::Duration::from_millis(ms)).to_string()),
             created_at: format_ms(t.created_at),
             updated_at: format_ms(t.updated_at),
         }

@@ -664,17 +664,24 @@ impl Dispatcher {
             let mut stats = super::feed::lock(&self.feed.stats);
             let was_failing_since = stats.failing_since;
             super::stats::record(&mut stats, attempt.sent_at, attempt.succeeded, attempt.duration_ms);
-            let limit = self.shared.disable_after_ms;
             if let Some(since) = stats.failing_since
-                && limit > 0
-                && crate::time::now_ms().saturating_sub(since) >= limit
                 && disable.is_none()
             {
-                *disable = Some(format!(
-                    "every attempt failed since {} (delivery.disable_after: {} s)",
-                    format_ms(since),
-                    limit / 1000
-                ));
+                // The tenant's own setting, else the daemon's (read only while failing).
+                let limit = self
+                    .shared
+                    .registry
+                    .snapshot()
+                    .tenant_by_serial(self.tenant)
+                    .and_then(|t| t.disable_after_ms)
+                    .unwrap_or(self.shared.disable_after_ms);
+                if limit > 0 && crate::time::now_ms().saturating_sub(since) >= limit {
+                    *disable = Some(format!(
+                        "every attempt failed since {} (disable_after: {})",
+                        format_ms(since),
+                        crate::config::HumanDuration(Duration::from_millis(limit))
+                    ));
+                }
             }
             let recovered = attempt.succeeded && stats.failure_notified;
             if recovered {

@@ -33,10 +33,13 @@ async fn notified(receiver: &Receiver, secret: &str, event_type: &str) -> Value 
 #[tokio::test]
 async fn a_failing_endpoint_is_disabled_and_the_tenant_is_told_and_told_again_when_it_recovers() {
     let daemon = Daemon::start_with(|s| {
-        s.set("delivery.disable_after", "2s");
+        s.set("delivery.disable_after", "1h");
     })
     .await;
-    daemon.create_tenant(TENANT).await;
+    // The tenant's own setting overrides the daemon's.
+    let (status, tenant) =
+        daemon.post("/v1/tenants", json!({"id": TENANT, "name": "Acme", "disable_after": "2s"})).await;
+    assert_eq!((status, tenant["disable_after"].as_str()), (StatusCode::CREATED, Some("2s")), "{tenant}");
     let watcher = Receiver::start().await;
     let everything = Receiver::start().await;
     let broken = Receiver::start().await;
@@ -135,4 +138,32 @@ async fn a_delivery_that_exhausts_its_retries_is_notified_once() {
     assert!(data["last_attempt_id"].as_str().is_some_and(|a| a.starts_with("att_")));
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(watcher.count(), 1, "one notice per failed delivery");
+}
+
+#[tokio::test]
+async fn a_tenant_sets_its_own_disable_after_and_bad_values_are_refused() {
+    let daemon = Daemon::start().await;
+    daemon.create_tenant(TENANT).await;
+    let path = format!("/v1/tenants/{TENANT}");
+    let (status, t) = daemon.patch(&path, json!({"disable_after": "12h"})).await;
+    assert_eq!(
+        (status, t["disable_after"].as_str(), t["name"].as_str()),
+        (StatusCode::OK, Some("12h"), Some(TENANT))
+    );
+    let (status, t) = daemon.patch(&path, json!({"name": "Acme"})).await;
+    assert_eq!(
+        (status, t["disable_after"].as_str()),
+        (StatusCode::OK, Some("12h")),
+        "a name change keeps it"
+    );
+    let (status, t) = daemon.patch(&path, json!({"disable_after": null})).await;
+    assert_eq!(
+        (status, t["disable_after"].clone()),
+        (StatusCode::OK, Value::Null),
+        "null: the daemon's setting"
+    );
+    for bad in [json!("soon"), json!("0s"), json!("400d"), json!(5)] {
+        let response = daemon.send(reqwest::Method::PATCH, &path, Some(&json!({"disable_after": bad}))).await;
+        crate::harness::assert_problem(&response, StatusCode::UNPROCESSABLE_ENTITY, "disable_after");
+    }
 }
