@@ -31,7 +31,7 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// Log format on stderr.
-        #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+        #[arg(long, value_enum, default_value_t = LogFormat::Human, env = "HOOKD_LOG_FORMAT")]
         log_format: LogFormat,
     },
     /// Validate a config (file + environment) and print the effective values, secrets redacted.

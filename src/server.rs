@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
+use tracing::Instrument;
 
 /// Largest request head (request line and headers) read; hyper answers 431 past it.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -72,7 +73,20 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, stop: 
         let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
             let router = router.clone();
-            async move { Ok::<_, Infallible>(router.oneshot(req).await.unwrap_or_else(|never| match never {})) }
+            // One span per request: what a handler logs carries the method and path (never the query
+            // string, which may hold search text, nor any header, which may hold a credential).
+            let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), peer = %peer);
+            async move {
+                let started = std::time::Instant::now();
+                let response = router.oneshot(req).await.unwrap_or_else(|never| match never {});
+                tracing::debug!(
+                    status = response.status().as_u16(),
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "request finished"
+                );
+                Ok::<_, Infallible>(response)
+            }
+            .instrument(span)
         });
         let conn = http.serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);

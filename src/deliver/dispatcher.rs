@@ -20,6 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use super::client::{HttpClient, OutboundRequest};
 use super::feed::{Command, EventRef, Feed, ManualOutcome, Waiting};
@@ -588,10 +589,28 @@ impl Dispatcher {
         );
         let client = self.shared.client.clone();
         let attempt_id = self.shared.ids.next();
-        self.in_flight.spawn(async move {
-            let (attempt, verdict) = send(client, req, attempt).await;
-            Done { job, attempt_id, attempt, verdict, operational }
-        });
+        // One span per attempt: the client's and the classifier's logs say which delivery they are about.
+        let span = tracing::info_span!(
+            "attempt",
+            id = %crate::ids::AttemptId(attempt_id),
+            endpoint = %EndpointId(self.endpoint),
+            webhook_id = %webhook_text(webhook_id, batch_id),
+            number = attempt_number,
+            trigger = ?trigger,
+        );
+        self.in_flight.spawn(
+            async move {
+                let (attempt, verdict) = send(client, req, attempt).await;
+                tracing::debug!(
+                    status = attempt.status_code,
+                    error_class = attempt.error_class.as_deref(),
+                    duration_ms = attempt.duration_ms,
+                    "attempt finished"
+                );
+                Done { job, attempt_id, attempt, verdict, operational }
+            }
+            .instrument(span),
+        );
     }
 
     /// Records finished attempts and decides what comes next for each delivery, in one store write;

@@ -15,6 +15,7 @@ mod history;
 mod hostile;
 mod ingest;
 mod limits;
+mod logs;
 mod notifications;
 mod operations;
 mod outbound;
