@@ -3,9 +3,11 @@
 use axum::Json;
 use axum::extract::State;
 use serde::Deserialize;
+use utoipa::IntoParams;
 
 use super::AppState;
 use super::extract::{P, Page, Q, Tenant};
+use super::openapi::{BadRequest, NotFound, TenantPath, Unprocessable};
 use super::problem::Problem;
 use super::views::{AttemptView, ListView};
 use crate::deliver::request;
@@ -13,14 +15,24 @@ use crate::ids::{AttemptId, EndpointId, EventId};
 use crate::model::{AttemptRecord, EventRecord, HttpMethod};
 use crate::store::AttemptFilter;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only attempts to this endpoint (`ep_…`).
     pub endpoint_id: Option<String>,
+    /// Only attempts carrying this event (`evt_…`).
     pub event_id: Option<String>,
+    /// `succeeded` or `failed`: the attempt's own outcome.
     pub status: Option<String>,
 }
 
 /// Newest first; filtered by endpoint, event and the attempt's own outcome.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/attempts", tag = "attempts", params(TenantPath, Page, ListQuery),
+    responses(
+        (status = 200, description = "Newest first.", body = ListView<AttemptView>),
+        (status = 400, response = BadRequest), (status = 404, response = NotFound),
+        (status = 422, response = Unprocessable),
+))]
 pub async fn list(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
@@ -78,6 +90,11 @@ pub async fn list(
 }
 
 /// One attempt with the request headers as sent.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/attempts/{id}", tag = "attempts", params(TenantPath, ("id" = crate::ids::AttemptId, Path, description = "The attempt's id.")),
+    responses(
+        (status = 200, description = "With the request headers and body as sent.", body = AttemptView),
+        (status = 404, response = NotFound),
+))]
 pub async fn get(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
