@@ -196,7 +196,6 @@ impl<'r> ToResponse<'r> for Unavailable {
 /// `{tenant}` in a path.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Path)]
-#[allow(dead_code)] // documents a path segment
 pub struct TenantPath {
     /// The tenant's id.
     pub tenant: String,
@@ -204,14 +203,12 @@ pub struct TenantPath {
 
 /// The body of `PATCH /v1/api-keys/{id}` (a JSON Merge Patch; `name` is the only field that changes).
 #[derive(ToSchema)]
-#[allow(dead_code)]
 pub struct RenameKey {
     pub name: String,
 }
 
 /// `202` of `POST …/events`.
 #[derive(ToSchema, serde::Serialize)]
-#[allow(dead_code)] // documents a `json!` answer
 pub struct Accepted {
     pub id: EventId,
     /// RFC 3339.
@@ -220,14 +217,12 @@ pub struct Accepted {
 
 /// `202` of `POST …/events/batch`: one entry per event, in the order posted.
 #[derive(ToSchema, serde::Serialize)]
-#[allow(dead_code)]
 pub struct BatchAccepted {
     pub data: Vec<Accepted>,
 }
 
 /// `201` of `POST …/endpoints`: the endpoint and, this once, its signing secret.
 #[derive(ToSchema, serde::Serialize)]
-#[allow(dead_code)]
 pub struct EndpointCreated {
     #[schema(inline)]
     #[serde(flatten)]
@@ -238,7 +233,6 @@ pub struct EndpointCreated {
 
 /// `GET …/endpoints/{id}/secret`.
 #[derive(ToSchema)]
-#[allow(dead_code)]
 pub struct EndpointSecret {
     /// `whsec_…`.
     pub key: String,
@@ -246,7 +240,6 @@ pub struct EndpointSecret {
 
 /// `POST …/endpoints/{id}/secret/rotate`.
 #[derive(ToSchema)]
-#[allow(dead_code)]
 pub struct RotatedSecret {
     /// The new `whsec_…` secret.
     pub key: String,
@@ -256,7 +249,6 @@ pub struct RotatedSecret {
 
 /// `GET /healthz`.
 #[derive(ToSchema)]
-#[allow(dead_code)]
 pub struct Health {
     /// Always `ok`.
     pub status: String,
@@ -264,7 +256,6 @@ pub struct Health {
 
 /// `GET /readyz`.
 #[derive(ToSchema)]
-#[allow(dead_code)]
 pub struct Readiness {
     pub ready: bool,
     /// The database is at or over `storage.max_log_bytes`.
@@ -278,7 +269,6 @@ pub struct Readiness {
 /// An attempt's own outcome.
 #[derive(ToSchema)]
 #[schema(rename_all = "lowercase")]
-#[allow(dead_code)]
 pub enum AttemptStatus {
     Succeeded,
     Failed,
