@@ -98,7 +98,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         keys: keys.clone(),
         client,
         user_agent: agent,
-        log_full: AtomicBool::new(false),
+        capacity: Default::default(),
         ready: AtomicBool::new(true),
     });
     let listener = TcpListener::bind(config.server.listen)
@@ -119,7 +119,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         durability = ?config.storage.durability,
         "hookd started"
     );
-    let disk_watch = tokio::spawn(watch_disk(state.clone(), stop_http.clone()));
+    let limits = crate::capacity::Limits {
+        max_log_bytes: config.storage.max_log_bytes.0,
+        min_free_bytes: config.storage.min_free_bytes.0,
+    };
+    let disk_watch = tokio::spawn(crate::capacity::watch(
+        store.clone(),
+        limits,
+        state.capacity.clone(),
+        stop_http.clone(),
+    ));
     let state_flusher = tokio::spawn(flush_state(store.clone(), stop_dispatch.clone()));
     let retention = tokio::spawn(purge_old_data(state.clone(), stop_dispatch.clone()));
     // Stopped with the dispatchers, after the HTTP drain: the last requests' key use is persisted too.
@@ -219,29 +228,6 @@ async fn serve_metrics(
     );
     let task = tokio::spawn(crate::server::serve(listener, app, limits, stop));
     Ok((bound, task))
-}
-
-/// Once a second: the log's size on disk, against `storage.max_log_bytes`.
-async fn watch_disk(state: AppState, stop: CancellationToken) {
-    let cap = state.config.storage.max_log_bytes.0;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = stop.cancelled() => return,
-        }
-        let store = state.store.clone();
-        let Ok(Ok(size)) = tokio::task::spawn_blocking(move || store.size_on_disk()).await else { continue };
-        metrics::gauge!(crate::metrics::LOG_BYTES).set(size as f64);
-        let full = size >= cap;
-        if state.log_full.swap(full, Ordering::AcqRel) != full {
-            if full {
-                tracing::warn!(size, cap, "the log reached storage.max_log_bytes: ingest answers 503");
-            } else {
-                tracing::info!(size, cap, "the log is below storage.max_log_bytes again: ingest resumes");
-            }
-        }
-    }
 }
 
 /// How often retention runs (the first pass soon after the start).

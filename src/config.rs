@@ -113,6 +113,9 @@ pub struct StorageConfig {
     /// Disk cap of the event log: beyond it ingest answers 503 with `Retry-After` instead of filling the
     /// disk.
     pub max_log_bytes: ByteSize,
+    /// Free space to keep on the data dir's filesystem: below it ingest answers 503 too, so that a disk
+    /// shared with other files fills up without hookd failing mid-write. `0` turns the check off.
+    pub min_free_bytes: ByteSize,
     /// How long events and their attempt history are kept, which bounds disk use and idempotency-key memory.
     pub retention: HumanDuration,
     /// Page cache of the database: memory traded for fewer disk reads on history queries and log catch-up.
@@ -125,6 +128,7 @@ impl Default for StorageConfig {
             data_dir: PathBuf::from("./hookd-data"),
             durability: Durability::Fsync,
             max_log_bytes: ByteSize::gib(10),
+            min_free_bytes: ByteSize::gib(1),
             retention: HumanDuration::from_secs(30 * DAY),
             cache_bytes: ByteSize::mib(64),
         }
@@ -992,6 +996,18 @@ mod tests {
         expected.storage.durability = Durability::Os;
         expected.storage.max_log_bytes = ByteSize::mib(1);
         assert_eq!(config, expected);
+    }
+
+    #[test]
+    fn min_free_bytes_takes_a_size_and_zero_turns_the_check_off() {
+        assert_eq!(Config::default().storage.min_free_bytes, ByteSize::gib(1));
+        let (config, _) = load_file("[storage]\nmin_free_bytes = \"512MiB\"\n", &[]);
+        assert_eq!(config.expect("loads").storage.min_free_bytes, ByteSize::mib(512));
+        let config = load_env(&[("HOOKD_STORAGE__MIN_FREE_BYTES", "0")]).expect("loads");
+        assert_eq!(config.storage.min_free_bytes, ByteSize(0));
+        let (config, _) = load_file("[storage]\nmin_free_bytes = \"lots\"\n", &[]);
+        let error = config.expect_err("not a size").to_string();
+        assert!(error.contains("storage.min_free_bytes"), "{error}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use utoipa::ToSchema;
 
 use crate::api::extract::parse_json;
 use crate::api::problem::{FieldError, Problem};
@@ -19,22 +20,28 @@ pub const MAX_CHANNEL_LEN: usize = 128;
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
 
 /// One event as posted.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventIn {
+    /// `[a-z0-9_]+(\.[a-z0-9_]+)*`, at most 128 characters, e.g. `ticket.created`.
     #[serde(rename = "type")]
     pub event_type: String,
+    /// Up to 32 channels; endpoints may subscribe to some.
     #[serde(default)]
     pub channels: Vec<String>,
+    /// The event's data; validated against the type's schema when the catalog has one.
+    #[schema(value_type = Object)]
     pub payload: Box<RawValue>,
+    /// The same key within the retention window answers with the original event and stores nothing.
     #[serde(default)]
     pub idempotency_key: Option<String>,
 }
 
 /// A batch as posted.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchIn {
+    /// 1 to `limits.max_batch_events` (default 1000) events, stored all together or not at all.
     pub events: Vec<EventIn>,
 }
 

@@ -19,6 +19,7 @@
 //! Module map:
 //! - [`config`]: typed TOML config, `HOOKD_<SECTION>__<KEY>` overrides, human sizes and durations.
 //! - [`app`]: wires the store, registry, committer, dispatchers and HTTP server; owns shutdown order.
+//! - [`capacity`]: back-pressure on disk space (database cap, free-space floor) for ingest and `/readyz`.
 //! - [`api`]: the HTTP contract (axum): routes, auth, problem+json errors.
 //! - [`ingest`]: validation of incoming events and their routing to endpoints at ingest time.
 //! - [`registry`]: the in-memory snapshot of tenants, endpoints and event types that routing and
@@ -33,6 +34,7 @@
 
 pub mod api;
 pub mod app;
+pub mod capacity;
 pub mod config;
 pub mod deliver;
 pub mod filter;

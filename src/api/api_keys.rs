@@ -32,10 +32,12 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
+use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::auth::{self, Principal, Scopes, forbidden, scope_name};
 use super::extract::{JsonBody, P, Page, Q, parse_json};
+use super::openapi::{BadRequest, Conflict, NotFound, PayloadTooLarge, RenameKey, Unprocessable};
 use super::problem::{FieldError, Problem};
 use super::views::ListView;
 use crate::ids::{decode_u64, encode_u64};
@@ -269,7 +271,7 @@ impl UsePersister {
 
 // ---- views ----
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum KeyState {
     Active,
@@ -278,9 +280,11 @@ pub enum KeyState {
 }
 
 /// A key as shown: never its secret or digest, except `key`, set only in the answer that creates it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct KeyView {
+    /// `key_…`.
     pub id: String,
+    /// The key text (`hk_…`): only in the answers of create and regenerate.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
     pub name: String,
@@ -355,15 +359,18 @@ fn names(scopes: &[Scope]) -> String {
 
 // ---- input ----
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
     pub name: String,
+    /// The tenant the key is bound to; absent: a global (operator) key.
     #[serde(default)]
     pub tenant: Option<String>,
     pub scopes: Vec<Scope>,
+    /// RFC 3339.
     #[serde(default)]
     pub expires_at: Option<String>,
+    /// CIDRs or addresses the key may be used from; absent or empty: any.
     #[serde(default)]
     pub allowed_ips: Option<Vec<String>>,
 }
@@ -397,6 +404,11 @@ fn check_ips(entries: &[String], errors: &mut Vec<FieldError>) -> Vec<String> {
 // ---- handlers ----
 
 /// `POST /v1/api-keys`: 201 with the key text, shown this once.
+#[utoipa::path(post, path = "/v1/api-keys", tag = "api-keys", request_body = CreateKey, responses(
+    (status = 201, description = "Created; `key` is shown this once.", body = KeyView),
+    (status = 400, response = BadRequest), (status = 409, response = Conflict),
+    (status = 413, response = PayloadTooLarge), (status = 422, response = Unprocessable),
+))]
 pub async fn create(
     State(state): State<AppState>,
     principal: Principal,
@@ -489,12 +501,18 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(view)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListFilter {
+    /// Only the keys bound to this tenant.
     pub tenant: Option<String>,
 }
 
 /// `GET /v1/api-keys?tenant=`: in creation order, revoked ones included.
+#[utoipa::path(get, path = "/v1/api-keys", tag = "api-keys", params(Page, ListFilter), responses(
+    (status = 200, description = "In creation order, revoked keys included.", body = ListView<KeyView>),
+    (status = 400, response = BadRequest), (status = 422, response = Unprocessable),
+))]
 pub async fn list(
     State(state): State<AppState>,
     principal: Principal,
@@ -529,6 +547,9 @@ pub async fn list(
     Ok(Json(ListView { data, next_cursor }))
 }
 
+#[utoipa::path(get, path = "/v1/api-keys/{id}", tag = "api-keys", params(("id" = String, Path, description = "The key's id (`key_…`).")), responses(
+    (status = 200, description = "The key, without its secret.", body = KeyView), (status = 404, response = NotFound),
+))]
 pub async fn get(
     State(state): State<AppState>,
     principal: Principal,
@@ -539,6 +560,12 @@ pub async fn get(
 }
 
 /// `PATCH`: JSON Merge Patch of `name`; everything else about a key is fixed (create a new one instead).
+#[utoipa::path(patch, path = "/v1/api-keys/{id}", tag = "api-keys", params(("id" = String, Path, description = "The key's id (`key_…`).")), request_body = RenameKey,
+    responses(
+        (status = 200, description = "Renamed.", body = KeyView),
+        (status = 400, response = BadRequest), (status = 404, response = NotFound),
+        (status = 413, response = PayloadTooLarge), (status = 422, response = Unprocessable),
+))]
 pub async fn update(
     State(state): State<AppState>,
     principal: Principal,
@@ -576,6 +603,9 @@ pub async fn update(
 }
 
 /// `DELETE`: revokes the key at once. The record stays (state `revoked`); revoking again is a no-op.
+#[utoipa::path(delete, path = "/v1/api-keys/{id}", tag = "api-keys", params(("id" = String, Path, description = "The key's id (`key_…`).")), responses(
+    (status = 204, description = "Revoked."), (status = 404, response = NotFound),
+))]
 pub async fn revoke(
     State(state): State<AppState>,
     principal: Principal,
@@ -599,6 +629,13 @@ pub async fn revoke(
 
 /// `POST …/regenerate`: a new key text (new prefix and secret) for the same key id and settings; the old
 /// text stops working at once. Revoked and expired keys stay dead (409): create a new key instead.
+#[utoipa::path(post, path = "/v1/api-keys/{id}/regenerate", tag = "api-keys", params(("id" = String, Path, description = "The key's id (`key_…`).")),
+    request_body(content = Option<Object>, description = "Nothing, or `{}`."),
+    responses(
+        (status = 200, description = "The new key text in `key`, shown this once.", body = KeyView),
+        (status = 400, response = BadRequest), (status = 404, response = NotFound),
+        (status = 409, response = Conflict), (status = 422, response = Unprocessable),
+))]
 pub async fn regenerate(
     State(state): State<AppState>,
     principal: Principal,

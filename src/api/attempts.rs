@@ -3,9 +3,11 @@
 use axum::Json;
 use axum::extract::State;
 use serde::Deserialize;
+use utoipa::IntoParams;
 
 use super::AppState;
 use super::extract::{P, Page, Q, Tenant, time_param};
+use super::openapi::{BadRequest, NotFound, TenantPath, Unprocessable};
 use super::problem::Problem;
 use super::views::{AttemptView, ListView};
 use crate::deliver::request;
@@ -15,17 +17,28 @@ use crate::store::{AttemptCursor, AttemptFilter, AttemptSort, HistoryError, Stor
 
 /// `?…` of the attempt list. Unknown parameters are refused: a misspelt filter must not quietly return
 /// everything.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
+    /// Only attempts to this endpoint (`ep_…`).
     pub endpoint_id: Option<String>,
+    /// Only attempts carrying this event (`evt_…`).
     pub event_id: Option<String>,
+    /// `succeeded` or `failed`: the attempt's own outcome.
     pub status: Option<String>,
+    /// RFC 3339; attempts sent at or after it.
     pub since: Option<String>,
+    /// RFC 3339; attempts sent at or before it.
     pub until: Option<String>,
+    /// Case-insensitive text in the URL, error, response body or a response header value, or an exact
+    /// status code; at most 200 characters.
     pub q: Option<String>,
+    /// `-sent_at` (default), `sent_at`, `status_code`, `-status_code`, `duration_ms`, `-duration_ms`.
     pub sort: Option<String>,
+    /// Page size, 1-250 (default 50).
     pub limit: Option<String>,
+    /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
 }
 
@@ -34,6 +47,12 @@ const MAX_QUERY_TEXT: usize = 200;
 
 /// Filtered by endpoint, event, the attempt's own outcome, time window and text; sorted by `sort`
 /// (`-sent_at`, the default, `sent_at`, `status_code`, `duration_ms`, or `-` either of the last two).
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/attempts", tag = "attempts", params(TenantPath, ListQuery),
+    responses(
+        (status = 200, description = "In the order asked for (newest first by default).", body = ListView<AttemptView>),
+        (status = 400, response = BadRequest), (status = 404, response = NotFound),
+        (status = 422, response = Unprocessable),
+))]
 pub async fn list(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
@@ -142,6 +161,11 @@ fn parse_cursor(text: &str, sort: AttemptSort) -> Result<AttemptCursor, Problem>
 }
 
 /// One attempt with the request headers as sent.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/attempts/{id}", tag = "attempts", params(TenantPath, ("id" = crate::ids::AttemptId, Path, description = "The attempt's id.")),
+    responses(
+        (status = 200, description = "With the request headers and body as sent.", body = AttemptView),
+        (status = 404, response = NotFound),
+))]
 pub async fn get(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,

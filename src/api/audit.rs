@@ -21,10 +21,12 @@ use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::auth::{Principal, forbidden};
 use super::extract::{Page, Q, time_param};
+use super::openapi::{BadRequest, Unprocessable};
 use super::problem::Problem;
 use super::views::ListView;
 use crate::ids::AuditId;
@@ -111,7 +113,8 @@ fn created_id(body: &[u8]) -> Option<String> {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     pub tenant: Option<String>,
@@ -122,7 +125,7 @@ pub struct AuditQuery {
     pub cursor: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct AuditView {
     pub id: AuditId,
     pub at: String,
@@ -154,6 +157,10 @@ impl AuditView {
 }
 
 /// `GET /v1/audit`: newest first; `tenant`, `actor` (`admin token` or a `key_…` id), `since`, `until`.
+#[utoipa::path(get, path = "/v1/audit", tag = "audit", params(AuditQuery), responses(
+    (status = 200, description = "Newest first.", body = ListView<AuditView>),
+    (status = 400, response = BadRequest), (status = 422, response = Unprocessable),
+))]
 pub async fn list(
     State(state): State<AppState>,
     principal: Principal,

@@ -212,6 +212,8 @@ pub enum Class {
 }
 
 /// Every `/v1` route (method, matched path) and its class. `HEAD` is served by `GET` routes.
+/// The operations routes (`/healthz`, `/readyz`, `/openapi.json`, `/metrics`) are outside `/v1` and
+/// outside [`authenticate`]: they take no token and are not listed here.
 /// `tests::the_table_lists_exactly_the_routes_of_the_router` keeps this and `api::router` in step.
 pub const ROUTES: &[(&str, &str, Class)] = &[
     ("POST", "/v1/tenants", Class::Operator),

@@ -11,9 +11,14 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::extract::{JsonBody, P, Page, Q, Tenant, parse_json};
+use super::openapi::{
+    BadRequest, Conflict, EndpointCreated, EndpointSecret, NotFound, PayloadTooLarge, RotatedSecret,
+    TenantPath, Unprocessable,
+};
 use super::problem::{FieldError, Problem};
 use super::views::{EndpointView, ListView};
 use crate::config::DeliveryConfig;
@@ -57,7 +62,7 @@ fn yes() -> bool {
 }
 
 /// An endpoint as a client writes it (create body, or the merged object of a PATCH).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointIn {
     #[serde(default)]
@@ -364,6 +369,13 @@ fn endpoint_id(id: &str) -> Result<u64, Problem> {
 }
 
 /// `POST`: 201 with the endpoint and, this once, its secret.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/endpoints", tag = "endpoints", params(TenantPath),
+    request_body = EndpointIn, responses(
+        (status = 201, description = "Created; the only answer that shows the secret.", body = EndpointCreated),
+        (status = 400, response = BadRequest), (status = 404, response = NotFound),
+        (status = 409, response = Conflict), (status = 413, response = PayloadTooLarge),
+        (status = 422, response = Unprocessable),
+))]
 pub async fn create(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
@@ -392,14 +404,23 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(view)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// `name`, `url` or `created_at` (the default), prefixed with `-` for descending.
     pub sort: Option<String>,
+    /// Case-insensitive substring of the name, URL or description.
     pub q: Option<String>,
 }
 
 /// `GET`: sortable by name, url, created_at, last_triggered_at (prefix `-` for descending); `q` searches name, url and
 /// description (case-insensitive substring). The cursor is an offset into that order.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/endpoints", tag = "endpoints",
+    params(TenantPath, Page, ListQuery), responses(
+        (status = 200, description = "The tenant's endpoints, without secrets.", body = ListView<EndpointView>),
+        (status = 400, response = BadRequest), (status = 404, response = NotFound),
+        (status = 422, response = Unprocessable),
+))]
 pub async fn list(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
@@ -459,6 +480,11 @@ fn find(state: &AppState, tenant: &TenantRecord, id: &str) -> Result<EndpointRec
         .ok_or_else(|| Problem::not_found("endpoint"))
 }
 
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/endpoints/{id}", tag = "endpoints", params(TenantPath, ("id" = EndpointId, Path, description = "The endpoint's id.")),
+    responses(
+        (status = 200, description = "The endpoint, without its secret.", body = EndpointView),
+        (status = 404, response = NotFound),
+))]
 pub async fn get(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
@@ -479,6 +505,11 @@ fn view(state: &AppState, r: &EndpointRecord) -> EndpointView {
 }
 
 /// `GET …/secret`: the signing secret, for the receiver's configuration.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/endpoints/{id}/secret", tag = "endpoints",
+    params(TenantPath, ("id" = EndpointId, Path, description = "The endpoint's id.")), responses(
+        (status = 200, description = "The signing secret.", body = EndpointSecret),
+        (status = 404, response = NotFound),
+))]
 pub async fn secret(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
@@ -488,13 +519,15 @@ pub async fn secret(
     Ok(Json(json!({ "key": rec.secret })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TestIn {
+    /// The event type to send.
     #[serde(rename = "type")]
     pub event_type: String,
     /// The payload to send; the catalog's example of the type when absent.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub payload: Option<Box<serde_json::value::RawValue>>,
 }
 
@@ -503,6 +536,12 @@ pub struct TestIn {
 /// attempt tells how). The event is made up for the test: a fresh `evt_…` id, in no log, routed to no
 /// other endpoint, never retried; the attempt is in the history with `trigger: test`. It runs on a
 /// disabled endpoint too: testing before enabling is the point.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/endpoints/{id}/test", tag = "endpoints",
+    params(TenantPath, ("id" = EndpointId, Path, description = "The endpoint's id.")), request_body = TestIn, responses(
+        (status = 200, description = "The attempt, whatever the receiver answered.", body = super::views::AttemptView),
+        (status = 400, response = BadRequest), (status = 404, response = NotFound),
+        (status = 413, response = PayloadTooLarge), (status = 422, response = Unprocessable),
+))]
 pub async fn test_send(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
@@ -568,7 +607,7 @@ pub const MAX_ROTATION_GRACE_SECS: u64 = 7 * 24 * 3600;
 /// Previous secrets still signing at once; more rotations within the grace period retire the oldest.
 pub const MAX_RETIRED_SECRETS: usize = 4;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateIn {
     /// The new secret; generated when absent.
@@ -582,6 +621,14 @@ pub struct RotateIn {
 /// `POST …/secret/rotate`: a new signing secret, returned this once. During the grace period every
 /// delivery carries a signature by each secret (`webhook-signature: v1,<new> v1,<old>`), so a receiver
 /// verifies whichever it has while it switches; afterwards only the new one signs.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/endpoints/{id}/secret/rotate", tag = "endpoints",
+    params(TenantPath, ("id" = EndpointId, Path, description = "The endpoint's id.")),
+    request_body(content = Option<RotateIn>, description = "Optional: an empty body takes the defaults."),
+    responses(
+        (status = 200, description = "The new secret, shown this once.", body = RotatedSecret),
+        (status = 400, response = BadRequest), (status = 404, response = NotFound),
+        (status = 413, response = PayloadTooLarge), (status = 422, response = Unprocessable),
+))]
 pub async fn rotate_secret(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
@@ -630,6 +677,14 @@ pub async fn rotate_secret(
 }
 
 /// `PATCH`: JSON Merge Patch; `null` clears an optional field (`rate_limit`) or restores a default.
+#[utoipa::path(patch, path = "/v1/tenants/{tenant}/endpoints/{id}", tag = "endpoints", params(TenantPath, ("id" = EndpointId, Path, description = "The endpoint's id.")),
+    request_body(content = Object, description = "A JSON Merge Patch (RFC 7396) of `EndpointIn`: any of its \
+        fields; `null` clears an optional one. The merged endpoint is validated like a create."),
+    responses(
+        (status = 200, description = "The updated endpoint.", body = EndpointView),
+        (status = 400, response = BadRequest), (status = 404, response = NotFound),
+        (status = 413, response = PayloadTooLarge), (status = 422, response = Unprocessable),
+))]
 pub async fn update(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
@@ -676,6 +731,10 @@ fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
+#[utoipa::path(delete, path = "/v1/tenants/{tenant}/endpoints/{id}", tag = "endpoints",
+    params(TenantPath, ("id" = EndpointId, Path, description = "The endpoint's id.")), responses(
+        (status = 204, description = "Deleted."), (status = 404, response = NotFound),
+))]
 pub async fn delete(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,

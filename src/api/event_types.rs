@@ -9,9 +9,11 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use utoipa::ToSchema;
 
 use super::AppState;
 use super::extract::{JsonBody, P, Page, Q};
+use super::openapi::{BadRequest, NotFound, PayloadTooLarge, Unprocessable};
 use super::problem::{FieldError, Problem};
 use super::views::{EventTypeView, ListView};
 use crate::ingest::valid_type_name;
@@ -21,14 +23,18 @@ use crate::schema::{MAX_SCHEMA_BYTES, PayloadSchema};
 pub const MAX_DESCRIPTION_LEN: usize = 4096;
 pub const MAX_EXAMPLE_BYTES: usize = 64 * 1024;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PutEventType {
     #[serde(default)]
     pub description: String,
+    /// A JSON Schema (draft from `$schema`, 2020-12 by default) that payloads of this type must satisfy.
     #[serde(default)]
+    #[schema(value_type = Option<serde_json::Value>)]
     pub schema: Option<Box<RawValue>>,
+    /// An example payload (sent by endpoint test sends); its own schema must accept it.
     #[serde(default)]
+    #[schema(value_type = Option<serde_json::Value>)]
     pub example: Option<Box<RawValue>>,
     #[serde(default)]
     pub deprecated: bool,
@@ -46,6 +52,13 @@ fn check_name(name: &str) -> Result<(), Problem> {
 }
 
 /// Creates or replaces a catalog entry: 201 when new, 200 when replaced.
+#[utoipa::path(put, path = "/v1/event-types/{name}", tag = "event-types", params(("name" = String, Path, description = "The event type, e.g. `ticket.created`.")),
+    request_body = PutEventType, responses(
+    (status = 200, description = "Replaced.", body = EventTypeView),
+    (status = 201, description = "Created.", body = EventTypeView),
+    (status = 400, response = BadRequest), (status = 413, response = PayloadTooLarge),
+    (status = 422, response = Unprocessable),
+))]
 pub async fn put(
     State(state): State<AppState>,
     P(name): P<String>,
@@ -113,6 +126,10 @@ pub async fn put(
     Ok((status, Json(EventTypeView::from(&rec))))
 }
 
+#[utoipa::path(get, path = "/v1/event-types", tag = "event-types", params(Page), responses(
+    (status = 200, description = "The catalog, by name.", body = ListView<EventTypeView>),
+    (status = 400, response = BadRequest), (status = 422, response = Unprocessable),
+))]
 pub async fn list(
     State(state): State<AppState>,
     Q(page): Q<Page>,
@@ -134,6 +151,9 @@ pub async fn list(
     Ok(Json(ListView { data, next_cursor }))
 }
 
+#[utoipa::path(get, path = "/v1/event-types/{name}", tag = "event-types", params(("name" = String, Path, description = "The event type, e.g. `ticket.created`.")), responses(
+    (status = 200, description = "The entry.", body = EventTypeView), (status = 404, response = NotFound),
+))]
 pub async fn get(State(state): State<AppState>, P(name): P<String>) -> Result<Json<EventTypeView>, Problem> {
     let snapshot = state.registry.snapshot();
     snapshot
@@ -142,6 +162,9 @@ pub async fn get(State(state): State<AppState>, P(name): P<String>) -> Result<Js
         .ok_or_else(|| Problem::not_found("event type"))
 }
 
+#[utoipa::path(delete, path = "/v1/event-types/{name}", tag = "event-types", params(("name" = String, Path, description = "The event type, e.g. `ticket.created`.")), responses(
+    (status = 204, description = "Deleted."), (status = 404, response = NotFound),
+))]
 pub async fn delete(State(state): State<AppState>, P(name): P<String>) -> Result<StatusCode, Problem> {
     let deleted = state.registry.mutate(|reg, store| -> Result<bool, Problem> {
         if reg.event_type(&name).is_none() {

@@ -1,16 +1,19 @@
 //! `/v1/tenants/{tenant}/events`: ingest (the hot path) and the event log.
 
-use std::sync::atomic::Ordering;
-
 use axum::Json;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
+use utoipa::IntoParams;
 
 use super::AppState;
 use super::extract::{P, Page, Q, Tenant, read_body, time_param};
+use super::openapi::{
+    Accepted as AcceptedView, BadRequest, BatchAccepted, NotFound, PayloadTooLarge, TenantPath, Unavailable,
+    Unprocessable,
+};
 use super::problem::Problem;
 use super::views::{DeliveryView, EventView, ListView};
 use crate::ids::{AttemptId, EventId};
@@ -19,14 +22,15 @@ use crate::model::DeliveryState;
 use crate::store::{Accepted, CommitError, EventFilter};
 use crate::time::format_ms;
 
+/// Refuses ingest while disk space is short (see [`crate::capacity`]): a load of two atomics.
 fn check_capacity(state: &AppState) -> Result<(), Problem> {
-    if state.log_full.load(Ordering::Acquire) {
-        return Err(Problem::unavailable(
-            "the log is over its disk cap (storage.max_log_bytes); retry later",
-            30,
-        ));
+    match state.capacity.verdict().reason() {
+        Some(reason) => Err(Problem::unavailable(
+            format!("{reason}: ingest is paused, retry later"),
+            crate::capacity::RETRY_AFTER_SECS,
+        )),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 fn commit_problem(e: CommitError) -> Problem {
@@ -52,6 +56,18 @@ fn accepted_json(a: &Accepted) -> serde_json::Value {
 }
 
 /// `POST …/events`: 202 once the event is durable.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/events", tag = "events",
+    params(TenantPath, ("Idempotency-Key" = Option<String>, Header,
+        description = "The event's idempotency key (same as the body's `idempotency_key`).")),
+    request_body(content = crate::ingest::EventIn, description = "Up to `limits.max_event_bytes` (1 MiB)."),
+    responses(
+        (status = 202, description = "Durable; will be delivered to every matching endpoint at least once. \
+            A replay of an idempotency key answers the original with `idempotent-replayed: true`.",
+            body = AcceptedView),
+        (status = 400, response = BadRequest), (status = 404, response = NotFound),
+        (status = 413, response = PayloadTooLarge), (status = 422, response = Unprocessable),
+        (status = 503, response = Unavailable),
+))]
 pub async fn ingest_one(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
@@ -77,6 +93,14 @@ pub async fn ingest_one(
 }
 
 /// `POST …/events/batch`: all events durable together, or none.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/events/batch", tag = "events", params(TenantPath),
+    request_body(content = crate::ingest::BatchIn, description = "Up to `limits.max_batch_bytes` (16 MiB)."),
+    responses(
+        (status = 202, description = "Every event durable.", body = BatchAccepted),
+        (status = 400, response = BadRequest), (status = 404, response = NotFound),
+        (status = 413, response = PayloadTooLarge), (status = 422, response = Unprocessable),
+        (status = 503, response = Unavailable),
+))]
 pub async fn ingest_batch(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
@@ -106,16 +130,27 @@ pub async fn ingest_batch(
     Ok((StatusCode::ACCEPTED, Json(json!({ "data": data }))))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only events of this type.
     #[serde(rename = "type")]
     pub event_type: Option<String>,
+    /// Only events on this channel.
     pub channel: Option<String>,
+    /// RFC 3339: received at or after.
     pub since: Option<String>,
+    /// RFC 3339: received before.
     pub until: Option<String>,
 }
 
 /// `GET …/events`: newest first.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/events", tag = "events", params(TenantPath, Page, ListQuery),
+    responses(
+        (status = 200, description = "Newest first.", body = ListView<EventView>),
+        (status = 400, response = BadRequest), (status = 404, response = NotFound),
+        (status = 422, response = Unprocessable),
+))]
 pub async fn list(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
@@ -150,6 +185,11 @@ pub async fn list(
 }
 
 /// `GET …/events/{id}`: the event and where it stands at each endpoint it matched.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/events/{id}", tag = "events", params(TenantPath, ("id" = crate::ids::EventId, Path, description = "The event's id.")),
+    responses(
+        (status = 200, description = "The event with `deliveries`.", body = EventView),
+        (status = 404, response = NotFound),
+))]
 pub async fn get(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,

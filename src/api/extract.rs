@@ -140,9 +140,12 @@ impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for P<T> {
 }
 
 /// `?limit=&cursor=` of list routes.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Page {
+    /// 1 to 250; 50 when absent.
     pub limit: Option<String>,
+    /// The previous page's `next_cursor`.
     pub cursor: Option<String>,
 }
 

@@ -1,7 +1,8 @@
 //! The HTTP API (axum): the contract in `API.md`, one file per resource.
 //!
 //! Every error is a [`problem::Problem`]; every `/v1` route needs a bearer token — the operator's admin
-//! token or a scoped API key — and is listed in [`auth::ROUTES`], which says what it needs.
+//! token or a scoped API key — and is listed in [`auth::ROUTES`], which says what it needs. Every route is
+//! also documented in [`openapi::ApiDoc`] (served at `/openapi.json`); see there how to add one.
 
 pub mod api_keys;
 pub mod attempts;
@@ -11,6 +12,7 @@ pub mod endpoints;
 pub mod event_types;
 pub mod events;
 pub mod extract;
+pub mod openapi;
 pub mod ops;
 pub mod problem;
 pub mod resend;
@@ -51,8 +53,9 @@ pub struct Shared {
     pub user_agent: http::HeaderValue,
     /// The API keys, read by [`auth::authenticate`] on every request.
     pub keys: api_keys::KeyTable,
-    /// Set while the log is over `storage.max_log_bytes`: ingest answers 503.
-    pub log_full: AtomicBool,
+    /// Whether ingest may write (database cap, free disk space), refreshed by [`crate::capacity::watch`]:
+    /// while it refuses, ingest answers 503 and `/readyz` too.
+    pub capacity: Arc<crate::capacity::Gate>,
     /// Cleared when shutdown starts: `/readyz` answers 503.
     pub ready: AtomicBool,
 }
@@ -102,8 +105,11 @@ pub fn router(state: AppState) -> Router {
         // needs the principal authentication leaves).
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), audit::record))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate));
-    let mut app =
-        Router::new().nest("/v1", v1).route("/healthz", get(ops::healthz)).route("/readyz", get(ops::readyz));
+    let mut app = Router::new()
+        .nest("/v1", v1)
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/openapi.json", get(ops::openapi_json));
     if state.metrics.is_some() {
         app = app.route("/metrics", get(ops::metrics));
     }
@@ -112,6 +118,7 @@ pub fn router(state: AppState) -> Router {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
     use std::net::SocketAddr;
     use std::time::Duration;
 
@@ -171,7 +178,7 @@ mod tests {
             admin_token_hash: auth::hash_token(TOKEN),
             client,
             user_agent: http::HeaderValue::from_static("test"),
-            log_full: AtomicBool::new(false),
+            capacity: Default::default(),
             ready: AtomicBool::new(true),
         })
     }
@@ -200,6 +207,85 @@ mod tests {
             re.captures_iter(&source[start..end]).map(|c| format!("/v1{}", &c[1])).collect();
         assert!(paths.len() >= 10, "cannot read the routes from the source: {paths:?}");
         paths
+    }
+
+    /// Every route (method, full path) that `router` declares, read from this file's source like
+    /// [`declared_v1_paths`], with the methods of each `.route("…", get(..).post(..))`.
+    fn declared_routes() -> BTreeSet<(String, String)> {
+        let source = include_str!("mod.rs");
+        let start = source.find("pub fn router(").unwrap();
+        let body = &source[start..start + source[start..].find("#[cfg(test)]").unwrap()];
+        let v1_start = body.find("let v1 = Router::new()").unwrap();
+        let v1 = v1_start..v1_start + body[v1_start..].find(".route_layer(").unwrap();
+        let method = regex::Regex::new(r"(?:^|[^:\w])(get|post|put|patch|delete)\(").unwrap();
+        let path = regex::Regex::new(r#"^\s*"([^"]+)""#).unwrap();
+        let mut routes = BTreeSet::new();
+        for (at, call) in body.match_indices(".route(") {
+            // The call's arguments: up to the parenthesis that closes it.
+            let args_start = at + call.len();
+            let mut depth = 1;
+            let len = body[args_start..]
+                .char_indices()
+                .find_map(|(i, c)| {
+                    depth += match c {
+                        '(' => 1,
+                        ')' => -1,
+                        _ => 0,
+                    };
+                    (depth == 0).then_some(i)
+                })
+                .unwrap();
+            let args = &body[args_start..args_start + len];
+            let p = &path.captures(args).unwrap_or_else(|| panic!("no path in .route({args})"))[1];
+            let full = if v1.contains(&at) { format!("/v1{p}") } else { p.to_owned() };
+            let before = routes.len();
+            routes.extend(method.captures_iter(args).map(|m| (m[1].to_uppercase(), full.clone())));
+            assert!(routes.len() > before, "no method read in .route({args})");
+        }
+        assert!(routes.len() >= 30, "cannot read the routes from the source: {routes:?}");
+        routes
+    }
+
+    /// A route cannot be added without documenting it: the document and the router list the same
+    /// (method, path) pairs, and the `/v1` ones are exactly those of `auth::ROUTES`.
+    #[test]
+    fn the_document_lists_exactly_the_routes_of_the_router() {
+        let routes = declared_routes();
+        let doc = serde_json::to_value(openapi::document()).unwrap();
+        let documented: BTreeSet<(String, String)> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .flat_map(|(path, item)| {
+                let methods = item.as_object().unwrap().keys();
+                methods
+                    .filter(|m| ["get", "post", "put", "patch", "delete"].contains(&m.as_str()))
+                    .map(|m| (m.to_uppercase(), path.clone()))
+            })
+            .collect();
+        let undocumented: Vec<_> = routes.difference(&documented).collect();
+        assert!(
+            undocumented.is_empty(),
+            "served but not in the OpenAPI document (annotate the handler with #[utoipa::path] and list it \
+             in openapi::ApiDoc's paths): {undocumented:?}"
+        );
+        let unserved: Vec<_> = documented.difference(&routes).collect();
+        assert!(unserved.is_empty(), "documented but not served: {unserved:?}");
+        let v1: BTreeSet<(String, String)> =
+            routes.into_iter().filter(|(_, p)| p.starts_with("/v1/")).collect();
+        let table: BTreeSet<(String, String)> =
+            auth::ROUTES.iter().map(|(m, p, _)| ((*m).to_owned(), (*p).to_owned())).collect();
+        assert_eq!(v1, table, "the router's /v1 routes and auth::ROUTES differ");
+    }
+
+    #[tokio::test]
+    async fn the_document_is_served_without_a_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = router(state(dir.path()));
+        let (status, body) = call(&app, &Method::GET, "/openapi.json", None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let served: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(served, serde_json::to_value(openapi::document()).unwrap());
     }
 
     fn concrete(path: &str) -> String {

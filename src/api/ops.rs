@@ -12,18 +12,37 @@ use super::AppState;
 use super::problem::Problem;
 
 /// Alive: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process serves HTTP.", body = super::openapi::Health)))]
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Ready: started, not shutting down, and the log accepts writes.
+/// Ready: started, not shutting down, and ingest accepts events (disk space: see [`crate::capacity`]).
+/// A 503 names its reason, so that an operator reading a load balancer's probe knows what to fix.
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+    (status = 200, description = "Ready: ingest accepts events.", body = super::openapi::Readiness),
+    (status = 503, description = "Not ready: shutting down, or ingest paused for disk space; `reason` says which.",
+        body = super::openapi::Readiness),
+))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let ready = state.ready.load(Ordering::Acquire);
-    let log_full = state.log_full.load(Ordering::Acquire);
+    let serving = state.ready.load(Ordering::Acquire);
+    let verdict = state.capacity.verdict();
+    let reason = if serving { verdict.reason() } else { Some("hookd is shutting down") };
+    let ready = reason.is_none();
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(json!({"ready": ready, "log_full": log_full}))).into_response()
+    let mut body = json!({"ready": ready, "log_full": verdict.log_full, "disk_low": verdict.disk_low});
+    if let Some(reason) = reason {
+        body["reason"] = json!(reason);
+    }
+    (status, Json(body)).into_response()
 }
 
+/// Prometheus metrics; here unless `server.metrics_listen` gives them their own address.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses(
+    (status = 200, description = "Prometheus text format.", body = String, content_type = "text/plain"),
+    (status = 404, response = super::openapi::NotFound),
+))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     match &state.metrics {
         Some(handle) => {
@@ -32,6 +51,13 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         }
         None => Problem::not_found("route").into_response(),
     }
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI 3.1 document of the API.", body = Object)))]
+pub async fn openapi_json() -> Response {
+    super::openapi::serve().await
 }
 
 pub async fn not_found() -> Problem {

@@ -3,9 +3,10 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 /// One invalid field.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct FieldError {
     /// The field's path in the request (`url`, `events[3].type`, `retry.max_ms`), or the header name.
     pub field: String,
@@ -27,14 +28,16 @@ impl FieldError {
     }
 }
 
-/// An `application/problem+json` response.
-#[derive(Debug, Clone, Serialize)]
+/// An `application/problem+json` response (RFC 9457).
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Problem {
+    /// `urn:hookd:problem:<slug>` (`validation`, `not-found`, `unavailable`, …): what kind of problem.
     #[serde(rename = "type")]
     pub kind: String,
     pub title: String,
     pub status: u16,
     pub detail: String,
+    /// Every invalid field (422), absent otherwise.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
     #[serde(skip)]

@@ -17,11 +17,14 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use tokio::sync::oneshot;
+use utoipa::ToSchema;
 
 use super::AppState;
 use super::extract::{P, Tenant};
+use super::openapi::{
+    BadRequest, Conflict, NotFound, PayloadTooLarge, TenantPath, Unavailable, Unprocessable,
+};
 use super::problem::Problem;
 use super::views::AttemptView;
 use crate::deliver::feed::{Command, ManualOutcome};
@@ -80,8 +83,23 @@ async fn resend(state: &AppState, tenant: u64, target: Target) -> Result<Sent, P
     }
 }
 
+/// A re-send not finished when the answer was due: it is still queued and will show in the history.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueuedView {
+    pub queued: bool,
+    pub endpoint_id: EndpointId,
+}
+
 /// `POST …/attempts/{id}/resend`: 200 with the new attempt (`trigger: manual`), or 202 while it is
 /// still queued behind the endpoint's other requests.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/attempts/{id}/resend", tag = "attempts",
+    params(TenantPath, ("id" = AttemptId, Path, description = "The attempt whose delivery to send again.")),
+    responses(
+        (status = 200, description = "The new attempt (trigger manual), whatever the receiver answered.", body = AttemptView),
+        (status = 202, description = "Still queued at the endpoint when the answer was due.", body = QueuedView),
+        (status = 404, response = NotFound), (status = 409, response = Conflict),
+        (status = 503, response = Unavailable),
+))]
 pub async fn resend_attempt(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
@@ -99,21 +117,33 @@ pub async fn resend_attempt(
         events: a.events,
     };
     Ok(match resend(&state, tenant.serial, target).await? {
-        Sent::Attempt(view) => (StatusCode::OK, Json(json!(view))).into_response(),
+        Sent::Attempt(view) => (StatusCode::OK, Json(*view)).into_response(),
         Sent::Queued(ep) => {
-            (StatusCode::ACCEPTED, Json(json!({"queued": true, "endpoint_id": EndpointId(ep)})))
+            (StatusCode::ACCEPTED, Json(QueuedView { queued: true, endpoint_id: EndpointId(ep) }))
                 .into_response()
         }
     })
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// The body of an event re-send; optional as a whole.
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventResendIn {
+    /// Only to this endpoint (`ep_…`); absent: to every endpoint the event was routed to.
     pub endpoint_id: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+/// What an event re-send did at each endpoint.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventResendView {
+    /// The attempts made, by endpoint id.
+    pub data: Vec<AttemptView>,
+    /// Endpoints where the re-send was still queued when the answer was due.
+    pub queued: Vec<EndpointId>,
+    pub skipped: Vec<Skipped>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Skipped {
     pub endpoint_id: EndpointId,
     pub reason: String,
@@ -122,6 +152,16 @@ pub struct Skipped {
 /// `POST …/events/{id}/resend` `{"endpoint_id"?}`: the event again to that endpoint, or to every
 /// endpoint it was routed to (disabled ones and batch endpoints that have not sent it yet are listed
 /// as skipped). A batch endpoint gets the batch that carried the event, under the batch's id.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/events/{id}/resend", tag = "events",
+    params(TenantPath, ("id" = EventId, Path, description = "The event to send again.")),
+    request_body(content = Option<EventResendIn>, description = "Optional; without it, every endpoint."),
+    responses(
+        (status = 200, description = "The attempts made.", body = EventResendView),
+        (status = 202, description = "Some re-sends were still queued when the answer was due.", body = EventResendView),
+        (status = 400, response = BadRequest), (status = 404, response = NotFound),
+        (status = 409, response = Conflict), (status = 413, response = PayloadTooLarge),
+        (status = 422, response = Unprocessable), (status = 503, response = Unavailable),
+))]
 pub async fn resend_event(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
@@ -202,20 +242,39 @@ pub async fn resend_event(
     }
     attempts.sort_by_key(|a| a.endpoint_id.0);
     let status = if queued.is_empty() { StatusCode::OK } else { StatusCode::ACCEPTED };
-    Ok((status, Json(json!({"data": attempts, "queued": queued, "skipped": skipped}))).into_response())
+    let data = attempts.into_iter().map(|a| *a).collect();
+    Ok((status, Json(EventResendView { data, queued, skipped })).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecoverIn {
+    /// RFC 3339: deliveries of events (or batches) from this time on.
     pub since: String,
+    /// RFC 3339, default now.
     pub until: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecoverView {
+    /// Failed deliveries put back in the queue.
+    pub requeued: usize,
+    pub since: String,
+    pub until: String,
 }
 
 /// `POST …/endpoints/{id}/recover` `{"since", "until"?}`: every delivery of the endpoint that failed
 /// for good, for events (or batches) from `since` to `until` (default now), goes back in the queue, due
 /// now; each gets one more attempt (`trigger: manual`). On a disabled endpoint they wait until it is
 /// enabled. 202 with how many were re-queued.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/endpoints/{id}/recover", tag = "endpoints",
+    params(TenantPath, ("id" = EndpointId, Path, description = "The endpoint's id.")), request_body = RecoverIn,
+    responses(
+        (status = 202, description = "Re-queued; they go out as the endpoint's queue allows.", body = RecoverView),
+        (status = 400, response = BadRequest), (status = 404, response = NotFound),
+        (status = 413, response = PayloadTooLarge), (status = 422, response = Unprocessable),
+        (status = 503, response = Unavailable),
+))]
 pub async fn recover(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
@@ -253,14 +312,11 @@ pub async fn recover(
         Ok(Err(_)) => return Err(Problem::unavailable("the endpoint's dispatcher stopped", 1)),
         Err(_) => return Err(Problem::unavailable("the endpoint's dispatcher is busy; try again", 5)),
     };
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({"requeued": n, "since": format_ms(since), "until": format_ms(until)})),
-    )
-        .into_response())
+    let view = RecoverView { requeued: n, since: format_ms(since), until: format_ms(until) };
+    Ok((StatusCode::ACCEPTED, Json(view)).into_response())
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct WindowView {
     pub attempts: u64,
     pub succeeded: u64,
@@ -284,7 +340,7 @@ impl From<WindowStats> for WindowView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct StatsView {
     pub endpoint_id: EndpointId,
     /// `enabled` or `disabled`.
@@ -312,6 +368,12 @@ pub struct StatsView {
 const MAX_COUNTED_RETRIES: usize = 100_000;
 
 /// `GET …/endpoints/{id}/stats`.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/endpoints/{id}/stats", tag = "endpoints",
+    params(TenantPath, ("id" = EndpointId, Path, description = "The endpoint's id.")),
+    responses(
+        (status = 200, description = "Health, counts over the last hour and day, and the queue.", body = StatsView),
+        (status = 404, response = NotFound),
+))]
 pub async fn endpoint_stats(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,

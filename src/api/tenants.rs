@@ -4,9 +4,11 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
+use utoipa::ToSchema;
 
 use super::AppState;
 use super::extract::{JsonBody, P, Page, Q, Tenant};
+use super::openapi::{BadRequest, Conflict, NotFound, PayloadTooLarge, TenantPath, Unprocessable};
 use super::problem::{FieldError, Problem};
 use super::views::{ListView, TenantView};
 use crate::model::TenantRecord;
@@ -14,10 +16,12 @@ use crate::store::CatalogError;
 
 pub const MAX_NAME_LEN: usize = 256;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {
+    /// 1-64 of `[A-Za-z0-9_.-]`, starting with a letter or digit.
     pub id: String,
+    /// Defaults to the id.
     #[serde(default)]
     pub name: Option<String>,
     /// Overrides `delivery.disable_after` for this tenant (`"2d"`).
@@ -27,7 +31,7 @@ pub struct CreateTenant {
 
 /// A partial update: absent fields keep their value; `"disable_after": null` returns the tenant to the
 /// daemon's setting.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateTenant {
     #[serde(default)]
@@ -74,6 +78,11 @@ fn check_name(name: &str, errors: &mut Vec<FieldError>) {
     }
 }
 
+#[utoipa::path(post, path = "/v1/tenants", tag = "tenants", request_body = CreateTenant, responses(
+    (status = 201, description = "Created.", body = TenantView),
+    (status = 400, response = BadRequest), (status = 409, response = Conflict),
+    (status = 413, response = PayloadTooLarge), (status = 422, response = Unprocessable),
+))]
 pub async fn create(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<CreateTenant>,
@@ -115,6 +124,10 @@ pub async fn create(
     }
 }
 
+#[utoipa::path(get, path = "/v1/tenants", tag = "tenants", params(Page), responses(
+    (status = 200, description = "Ordered by id.", body = ListView<TenantView>),
+    (status = 400, response = BadRequest), (status = 422, response = Unprocessable),
+))]
 pub async fn list(
     State(state): State<AppState>,
     Q(page): Q<Page>,
@@ -137,10 +150,19 @@ pub async fn list(
     Ok(Json(ListView { data, next_cursor }))
 }
 
+#[utoipa::path(get, path = "/v1/tenants/{tenant}", tag = "tenants", params(TenantPath), responses(
+    (status = 200, description = "The tenant.", body = TenantView), (status = 404, response = NotFound),
+))]
 pub async fn get(Tenant(t): Tenant) -> Json<TenantView> {
     Json(TenantView::from(t.as_ref()))
 }
 
+#[utoipa::path(patch, path = "/v1/tenants/{tenant}", tag = "tenants", params(TenantPath),
+    request_body = UpdateTenant, responses(
+    (status = 200, description = "Updated.", body = TenantView),
+    (status = 400, response = BadRequest), (status = 404, response = NotFound),
+    (status = 413, response = PayloadTooLarge), (status = 422, response = Unprocessable),
+))]
 pub async fn update(
     State(state): State<AppState>,
     Tenant(t): Tenant,
@@ -173,6 +195,9 @@ pub async fn update(
 
 /// Deletes the tenant and its endpoints. Its events and history become unreachable at once (a tenant
 /// created again under the same id starts empty) and are purged from disk by retention.
+#[utoipa::path(delete, path = "/v1/tenants/{tenant}", tag = "tenants", params(TenantPath), responses(
+    (status = 204, description = "Deleted."), (status = 404, response = NotFound),
+))]
 pub async fn delete(State(state): State<AppState>, P(id): P<String>) -> Result<StatusCode, Problem> {
     let deleted = state.registry.mutate(|reg, store| -> Result<bool, Problem> {
         let Some(t) = reg.tenant(&id).cloned() else { return Ok(false) };

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
+use utoipa::ToSchema;
 
 use crate::ids::{AttemptId, BatchId, EndpointId, EventId};
 use crate::model::{
@@ -14,7 +15,7 @@ use crate::model::{
 use crate::time::format_ms;
 
 /// `{"data": [...], "next_cursor": ...}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ListView<T> {
     pub data: Vec<T>,
     pub next_cursor: Option<String>,
@@ -28,7 +29,7 @@ fn raw(json: &str) -> Box<RawValue> {
     })
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct TenantView {
     pub id: String,
     pub name: String,
@@ -52,11 +53,14 @@ impl From<&TenantRecord> for TenantView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct EventTypeView {
     pub name: String,
     pub description: String,
+    /// The JSON Schema payloads of this type must satisfy.
+    #[schema(value_type = Option<serde_json::Value>)]
     pub schema: Option<Box<RawValue>>,
+    #[schema(value_type = Option<serde_json::Value>)]
     pub example: Option<Box<RawValue>>,
     pub deprecated: bool,
     pub created_at: String,
@@ -77,7 +81,7 @@ impl From<&EventTypeRecord> for EventTypeView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct EndpointView {
     pub id: EndpointId,
     pub name: String,
@@ -138,12 +142,14 @@ impl From<&EndpointRecord> for EndpointView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct EventView {
     pub id: EventId,
     #[serde(rename = "type")]
     pub event_type: String,
     pub channels: Vec<String>,
+    /// The payload exactly as received.
+    #[schema(value_type = Object)]
     pub payload: Box<RawValue>,
     pub received_at: String,
     pub idempotency_key: Option<String>,
@@ -166,7 +172,7 @@ impl EventView {
 }
 
 /// Where one event stands at one endpoint.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct DeliveryView {
     pub endpoint_id: EndpointId,
     pub state: DeliveryState,
@@ -177,7 +183,7 @@ pub struct DeliveryView {
     pub batch_id: Option<BatchId>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct AttemptView {
     pub id: AttemptId,
     pub endpoint_id: EndpointId,
@@ -186,6 +192,7 @@ pub struct AttemptView {
     pub url: String,
     pub method: HttpMethod,
     pub sent_at: String,
+    #[schema(value_type = super::openapi::AttemptStatus)]
     pub status: &'static str,
     pub status_code: Option<u16>,
     pub response_headers: BTreeMap<String, String>,

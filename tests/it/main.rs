@@ -7,6 +7,7 @@
 mod access;
 mod admin;
 mod audit;
+mod backpressure;
 mod cli;
 mod delivery;
 mod durability;

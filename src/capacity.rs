@@ -1,0 +1,235 @@
+//! Back-pressure on disk space: whether ingest may write, decided off the hot path.
+//!
+//! Two limits, both from `[storage]`:
+//! - `max_log_bytes`: the database's size on disk as sled reports it (its `db` file plus blob files:
+//!   event log, delivery state and attempt history together);
+//! - `min_free_bytes`: the space left on the data dir's filesystem for unprivileged writers (`statvfs`'s
+//!   `f_bavail`), so that a disk shared with other files is not filled to the last byte.
+//!
+//! [`watch`] measures both once every [`CHECK_EVERY`] on a blocking thread and leaves the verdict in the
+//! [`Gate`]; an ingest request reads two atomics. While either limit is crossed, ingest answers 503 with
+//! `Retry-After` and `/readyz` answers 503 naming the reason; deliveries, retries and the admin API go on,
+//! so the queue drains while producers wait. The check can lag by one period, so the database can
+//! overshoot `max_log_bytes` by about a period of ingest.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::store::Store;
+
+/// How often the sizes are measured.
+pub const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// What a refused producer is told to wait, in seconds.
+pub const RETRY_AFTER_SECS: u64 = 30;
+
+/// The limits, from the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_log_bytes: u64,
+    /// `0`: no free-space check.
+    pub min_free_bytes: u64,
+}
+
+/// One measurement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reading {
+    pub log_bytes: u64,
+    /// `None` when the filesystem could not be asked (then only the cap applies).
+    pub free_bytes: Option<u64>,
+}
+
+/// Why ingest is refused. Both can hold at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Verdict {
+    /// The database is at or over `storage.max_log_bytes`.
+    pub log_full: bool,
+    /// The filesystem has less than `storage.min_free_bytes` free.
+    pub disk_low: bool,
+}
+
+impl Verdict {
+    pub fn refused(self) -> bool {
+        self.log_full || self.disk_low
+    }
+
+    /// Why ingest is refused, naming the setting; `None` when it is not.
+    pub fn reason(self) -> Option<&'static str> {
+        match (self.log_full, self.disk_low) {
+            (true, true) => Some(
+                "the database is over storage.max_log_bytes and the disk has less than \
+                 storage.min_free_bytes free",
+            ),
+            (true, false) => Some("the database is over its disk cap (storage.max_log_bytes)"),
+            (false, true) => Some("the disk has less free space than storage.min_free_bytes"),
+            (false, false) => None,
+        }
+    }
+}
+
+/// The pure decision.
+pub fn assess(limits: Limits, reading: Reading) -> Verdict {
+    Verdict {
+        log_full: reading.log_bytes >= limits.max_log_bytes,
+        disk_low: limits.min_free_bytes > 0 && reading.free_bytes.is_some_and(|f| f < limits.min_free_bytes),
+    }
+}
+
+/// The last verdict, shared by [`watch`] (the writer) and the API (readers). Starts open: the first
+/// check runs at once when the daemon starts.
+#[derive(Debug, Default)]
+pub struct Gate {
+    log_full: AtomicBool,
+    disk_low: AtomicBool,
+    log_bytes: AtomicU64,
+    free_bytes: AtomicU64,
+}
+
+impl Gate {
+    /// The current verdict: two relaxed-enough loads, cheap on the hot path.
+    pub fn verdict(&self) -> Verdict {
+        Verdict {
+            log_full: self.log_full.load(Ordering::Acquire),
+            disk_low: self.disk_low.load(Ordering::Acquire),
+        }
+    }
+
+    /// The last measurement (`free_bytes` is `u64::MAX` when unknown).
+    pub fn reading(&self) -> (u64, u64) {
+        (self.log_bytes.load(Ordering::Relaxed), self.free_bytes.load(Ordering::Relaxed))
+    }
+
+    /// Records a measurement and its verdict; returns the previous verdict.
+    pub fn set(&self, reading: Reading, verdict: Verdict) -> Verdict {
+        self.log_bytes.store(reading.log_bytes, Ordering::Relaxed);
+        self.free_bytes.store(reading.free_bytes.unwrap_or(u64::MAX), Ordering::Relaxed);
+        Verdict {
+            log_full: self.log_full.swap(verdict.log_full, Ordering::AcqRel),
+            disk_low: self.disk_low.swap(verdict.disk_low, Ordering::AcqRel),
+        }
+    }
+}
+
+/// Bytes of `path`'s filesystem available to unprivileged writers (`f_bavail × f_frsize`): root's reserve
+/// is not counted, because hookd does not run as root.
+pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    let stat = rustix::fs::statvfs(path)?;
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+fn measure(store: &Store) -> Result<Reading, crate::store::StoreError> {
+    let log_bytes = store.size_on_disk()?;
+    let free_bytes = match free_bytes(store.data_dir()) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read the data dir's free space");
+            None
+        }
+    };
+    Ok(Reading { log_bytes, free_bytes })
+}
+
+/// Every [`CHECK_EVERY`] until `stop`: measure, decide, publish in `gate`, log the changes.
+pub async fn watch(store: Store, limits: Limits, gate: std::sync::Arc<Gate>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(CHECK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        let s = store.clone();
+        let reading = match tokio::task::spawn_blocking(move || measure(&s)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot read the database's size on disk");
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "disk check task failed");
+                continue;
+            }
+        };
+        metrics::gauge!(crate::metrics::LOG_BYTES).set(reading.log_bytes as f64);
+        let verdict = assess(limits, reading);
+        let before = gate.set(reading, verdict);
+        log_changes(limits, reading, before, verdict);
+    }
+}
+
+fn log_changes(limits: Limits, reading: Reading, before: Verdict, now: Verdict) {
+    let (size, cap) = (reading.log_bytes, limits.max_log_bytes);
+    match (before.log_full, now.log_full) {
+        (false, true) => {
+            tracing::warn!(size, cap, "the log reached storage.max_log_bytes: ingest answers 503")
+        }
+        (true, false) => {
+            tracing::info!(size, cap, "the log is below storage.max_log_bytes again: ingest resumes");
+        }
+        _ => {}
+    }
+    let (free, min) = (reading.free_bytes.unwrap_or(u64::MAX), limits.min_free_bytes);
+    match (before.disk_low, now.disk_low) {
+        (false, true) => {
+            tracing::warn!(free, min, "free disk space is below storage.min_free_bytes: ingest answers 503");
+        }
+        (true, false) => tracing::info!(free, min, "free disk space is above storage.min_free_bytes again"),
+        _ => {}
+    }
+    if before.refused() && !now.refused() {
+        tracing::info!("ingest resumes");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits { max_log_bytes: 1000, min_free_bytes: 100 };
+
+    fn at(log_bytes: u64, free_bytes: Option<u64>) -> Verdict {
+        assess(LIMITS, Reading { log_bytes, free_bytes })
+    }
+
+    #[test]
+    fn ingest_is_refused_at_the_cap_and_below_the_free_space_floor() {
+        assert_eq!(at(999, Some(100)), Verdict::default());
+        assert_eq!(at(1000, Some(100)), Verdict { log_full: true, disk_low: false });
+        assert_eq!(at(10, Some(99)), Verdict { log_full: false, disk_low: true });
+        assert_eq!(at(2000, Some(0)), Verdict { log_full: true, disk_low: true });
+        assert!(at(2000, Some(0)).reason().is_some_and(|r| r.contains("max_log_bytes")));
+        assert_eq!(
+            at(10, Some(10)).reason(),
+            Some("the disk has less free space than storage.min_free_bytes")
+        );
+        assert_eq!(at(10, Some(1000)).reason(), None);
+    }
+
+    #[test]
+    fn an_unknown_free_space_or_a_zero_floor_checks_the_cap_alone() {
+        assert_eq!(at(10, None), Verdict::default());
+        assert_eq!(at(1000, None), Verdict { log_full: true, disk_low: false });
+        let no_floor = Limits { min_free_bytes: 0, ..LIMITS };
+        assert_eq!(assess(no_floor, Reading { log_bytes: 1, free_bytes: Some(0) }), Verdict::default());
+    }
+
+    #[test]
+    fn the_gate_reports_the_previous_verdict_and_keeps_the_reading() {
+        let gate = Gate::default();
+        assert!(!gate.verdict().refused(), "open until measured");
+        let full = Verdict { log_full: true, disk_low: false };
+        let before = gate.set(Reading { log_bytes: 5, free_bytes: None }, full);
+        assert_eq!((before, gate.verdict(), gate.reading()), (Verdict::default(), full, (5, u64::MAX)));
+        assert_eq!(gate.set(Reading { log_bytes: 1, free_bytes: Some(7) }, Verdict::default()), full);
+        assert_eq!(gate.reading(), (1, 7));
+    }
+
+    #[test]
+    fn the_free_space_of_a_real_directory_is_readable() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        assert!(free_bytes(dir.path()).is_ok());
+        assert!(free_bytes(&dir.path().join("missing")).is_err());
+    }
+}
