@@ -102,7 +102,11 @@ pub fn router(state: AppState) -> Router {
     if state.metrics.is_some() {
         app = app.route("/metrics", get(ops::metrics));
     }
-    app.fallback(ops::not_found).method_not_allowed_fallback(ops::method_not_allowed).with_state(state)
+    app.fallback(ops::not_found)
+        .method_not_allowed_fallback(ops::method_not_allowed)
+        // Outermost: sees every answer, refusals and unmatched paths included.
+        .layer(axum::middleware::from_fn(ops::track))
+        .with_state(state)
 }
 
 #[cfg(test)]

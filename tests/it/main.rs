@@ -14,6 +14,7 @@ mod harness;
 mod hostile;
 mod ingest;
 mod limits;
+mod metrics;
 mod operations;
 mod outbound;
 mod receiver;
