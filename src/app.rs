@@ -61,6 +61,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     .context("building the HTTP client")?;
 
     let stop_dispatch = CancellationToken::new();
+    let activity = Arc::new(crate::activity::Activity::new(config.server.max_activity_streams as usize));
     let agent = http::HeaderValue::from_str(&user_agent()).unwrap_or(http::HeaderValue::from_static("hookd"));
     let supervisor = Supervisor::new(Shared {
         store: store.clone(),
@@ -71,6 +72,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         committed_upto: std::sync::atomic::AtomicU64::new(store.max_event_id()?),
         routed_upto: Default::default(),
         shutdown: stop_dispatch.clone(),
+        activity: activity.clone(),
     });
     let router = supervisor.router();
     let progress = supervisor.progress();
@@ -94,6 +96,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         user_agent: agent,
         log_full: AtomicBool::new(false),
         ready: AtomicBool::new(true),
+        activity: activity.clone(),
     });
     let listener = TcpListener::bind(config.server.listen)
         .await
@@ -134,6 +137,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let deadline = tokio::time::Instant::now() + grace;
     tracing::info!(grace = ?grace, "draining");
     state.ready.store(false, Ordering::Release);
+    // Activity streams never end by themselves: end them, or the HTTP drain would wait for them.
+    activity.close();
     stop_http.cancel();
     match tokio::time::timeout_at(deadline, http).await {
         Ok(Ok(())) => {}

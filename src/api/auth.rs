@@ -237,6 +237,7 @@ pub const ROUTES: &[(&str, &str, Class)] = &[
     ("POST", "/v1/tenants/{tenant}/endpoints/{id}/test", Class::Tenant),
     ("GET", "/v1/tenants/{tenant}/attempts", Class::Tenant),
     ("GET", "/v1/tenants/{tenant}/attempts/{id}", Class::Tenant),
+    ("GET", "/v1/tenants/{tenant}/activity", Class::Tenant),
     ("POST", "/v1/api-keys", Class::KeyAdmin),
     ("GET", "/v1/api-keys", Class::KeyAdmin),
     ("GET", "/v1/api-keys/{id}", Class::KeyAdmin),

@@ -3,6 +3,7 @@
 //! Every error is a [`problem::Problem`]; every `/v1` route needs a bearer token — the operator's admin
 //! token or a scoped API key — and is listed in [`auth::ROUTES`], which says what it needs.
 
+pub mod activity;
 pub mod api_keys;
 pub mod attempts;
 pub mod audit;
@@ -54,6 +55,8 @@ pub struct Shared {
     pub log_full: AtomicBool,
     /// Cleared when shutdown starts: `/readyz` answers 503.
     pub ready: AtomicBool,
+    /// The live activity hub that `GET …/activity` streams read.
+    pub activity: Arc<crate::activity::Activity>,
 }
 
 impl AppState {
@@ -89,6 +92,7 @@ pub fn router(state: AppState) -> Router {
         .route("/tenants/{tenant}/endpoints/{id}/test", post(endpoints::test_send))
         .route("/tenants/{tenant}/attempts", get(attempts::list))
         .route("/tenants/{tenant}/attempts/{id}", get(attempts::get))
+        .route("/tenants/{tenant}/activity", get(activity::stream))
         .route("/api-keys", post(api_keys::create).get(api_keys::list))
         .route("/api-keys/{id}", get(api_keys::get).patch(api_keys::update).delete(api_keys::revoke))
         .route("/api-keys/{id}/regenerate", post(api_keys::regenerate))
@@ -146,6 +150,7 @@ mod tests {
             user_agent: "test".into(),
         })
         .unwrap();
+        let activity = Arc::new(crate::activity::Activity::new(2));
         let supervisor = crate::deliver::Supervisor::new(crate::deliver::Shared {
             store: store.clone(),
             registry: registry.clone(),
@@ -155,6 +160,7 @@ mod tests {
             committed_upto: Default::default(),
             routed_upto: Default::default(),
             shutdown: Default::default(),
+            activity: activity.clone(),
         });
         AppState::new(Shared {
             config: Arc::new(Config::default()),
@@ -170,6 +176,7 @@ mod tests {
             user_agent: http::HeaderValue::from_static("test"),
             log_full: AtomicBool::new(false),
             ready: AtomicBool::new(true),
+            activity,
         })
     }
 

@@ -26,6 +26,7 @@ use super::feed::{EventRef, Feed};
 use super::request;
 use super::retry::{self, Verdict};
 use super::supervisor::Shared;
+use crate::activity::attempts_finished;
 use crate::ids::{EndpointId, EventId};
 use crate::model::{
     AttemptRecord, DeliveryRecord, DeliveryState, EventRecord, RateLimit, RetryPolicy, Trigger,
@@ -459,6 +460,7 @@ impl Dispatcher {
         if disable {
             self.disable("the endpoint answered 410 Gone");
         }
+        attempts_finished(&self.shared.activity, self.tenant, outcomes.iter().map(|(id, a, _)| (*id, a)));
     }
 
     /// What one finished attempt changes for its delivery; also whether the endpoint is gone (410).

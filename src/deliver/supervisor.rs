@@ -33,6 +33,8 @@ pub struct Shared {
     /// Every event with an id up to this has been routed (pushed to its feeds).
     pub routed_upto: AtomicU64,
     pub shutdown: CancellationToken,
+    /// The live activity hub: committed events (here, in `Router::route`) and attempt outcomes.
+    pub activity: Arc<crate::activity::Activity>,
 }
 
 /// Hands committed events to the feeds; used by the committer thread.
@@ -65,6 +67,7 @@ impl Router {
             }
         }
         self.shared.routed_upto.fetch_max(upto, Ordering::AcqRel);
+        self.shared.activity.ingested(committed);
     }
 }
 

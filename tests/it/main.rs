@@ -5,6 +5,7 @@
 //! itself and the daemon's process contract.
 
 mod access;
+mod activity;
 mod admin;
 mod audit;
 mod cli;
