@@ -102,10 +102,13 @@ impl Forwarder {
                 () = closed.cancelled() => break None,
             };
             match item {
-                // One slot is kept for the `lagged` notice.
+                // One slot is kept for the `lagged` notice. A record larger than the budget still goes
+                // to a reader that has taken everything before it.
                 Ok(item)
-                    if self.tx.capacity() > 1
-                        && self.queued.load(Ordering::Acquire) + item.events() <= MAX_QUEUED_EVENTS =>
+                    if self.tx.capacity() > 1 && {
+                        let queued = self.queued.load(Ordering::Acquire);
+                        queued == 0 || queued + item.events() <= MAX_QUEUED_EVENTS
+                    } =>
                 {
                     self.queued.fetch_add(item.events(), Ordering::AcqRel);
                     if self.tx.try_send(Out::Item(item)).is_err() {
