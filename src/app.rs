@@ -61,6 +61,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     .context("building the HTTP client")?;
 
     let stop_dispatch = CancellationToken::new();
+    let activity = Arc::new(crate::activity::Activity::new(config.server.max_activity_streams as usize));
     let agent = http::HeaderValue::from_str(&user_agent()).unwrap_or(http::HeaderValue::from_static("hookd"));
     let supervisor = Supervisor::new(Shared {
         store: store.clone(),
@@ -73,6 +74,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         shutdown: stop_dispatch.clone(),
         notifier: std::sync::OnceLock::new(),
         disable_after_ms: u64::try_from(config.delivery.disable_after.0.as_millis()).unwrap_or(u64::MAX),
+        activity: activity.clone(),
     });
     let notifier_slot = supervisor.shared();
     let router = supervisor.router();
@@ -100,6 +102,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         user_agent: agent,
         capacity: Default::default(),
         ready: AtomicBool::new(true),
+        activity: activity.clone(),
     });
     let listener = TcpListener::bind(config.server.listen)
         .await
@@ -150,6 +153,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let deadline = tokio::time::Instant::now() + grace;
     tracing::info!(grace = ?grace, "draining");
     state.ready.store(false, Ordering::Release);
+    // Activity streams never end by themselves: end them, or the HTTP drain would wait for them.
+    activity.close();
     stop_http.cancel();
     match tokio::time::timeout_at(deadline, http).await {
         Ok(Ok(())) => {}

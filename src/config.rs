@@ -73,6 +73,9 @@ pub struct ServerConfig {
     /// Open client connections at most; past it new connections are closed at once, so a flood cannot
     /// exhaust file descriptors that the store and outbound deliveries need.
     pub max_connections: u32,
+    /// Open activity streams (`GET /v1/tenants/{tenant}/activity`) at most, all tenants together; past it
+    /// 503. Each holds a connection, a task and a small buffer for as long as its reader stays.
+    pub max_activity_streams: u32,
 }
 
 impl DeliveryConfig {
@@ -99,6 +102,7 @@ impl Default for ServerConfig {
             shutdown_grace: HumanDuration::from_secs(30),
             header_read_timeout: HumanDuration::from_secs(10),
             max_connections: 10_000,
+            max_activity_streams: 100,
         }
     }
 }
@@ -344,6 +348,10 @@ impl Config {
         if !(1..=1_000_000).contains(&server.max_connections) {
             let message = format!("must be between 1 and 1000000, got {}", server.max_connections);
             return violation("server.max_connections", None, message);
+        }
+        if !(1..=10_000).contains(&server.max_activity_streams) {
+            let message = format!("must be between 1 and 10000, got {}", server.max_activity_streams);
+            return violation("server.max_activity_streams", None, message);
         }
         if storage.data_dir.as_os_str().is_empty() {
             return violation("storage.data_dir", None, "must not be empty".to_owned());

@@ -27,11 +27,13 @@
 //! - [`route`]: subscription matching (event types, channels).
 //! - [`store`]: sled trees, key layout, versioned records, group commit, queue and history.
 //! - [`deliver`]: per-endpoint dispatch, signing, HTTP client, retry policy.
+//! - [`activity`]: the live activity hub (ingests and attempt outcomes, per tenant) behind the SSE stream.
 //! - [`ids`], [`model`], [`time`]: identifiers, domain types and timestamps shared by all of the above.
 #![forbid(unsafe_code)]
 // Nothing that depends on input or I/O may panic: outside tests, errors are handled, not unwrapped.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod activity;
 pub mod api;
 pub mod app;
 pub mod capacity;

@@ -1,9 +1,13 @@
 //! Metric names, their descriptions, and the few helpers that emit them — in one place so that names,
-//! labels and cardinality are reviewed together. Labels are bounded: no tenant or endpoint ids here.
+//! labels and cardinality are reviewed together. Labels are bounded: no endpoint ids, and tenant ids
+//! only on [`TENANT_EVENTS_INGESTED`], for the first [`TENANT_LABELS_MAX`] tenants seen (the rest share
+//! `other`); HTTP routes are labelled by their template (`/v1/tenants/{tenant}/events`), never the path.
 
+use std::collections::HashSet;
+use std::sync::{LazyLock, RwLock};
 use std::time::Duration;
 
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, histogram};
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const EVENTS_INGESTED: &str = "hookd_events_ingested_total";
@@ -22,6 +26,20 @@ pub const CONNECTIONS_REFUSED: &str = "hookd_http_connections_refused_total";
 pub const PURGED: &str = "hookd_retention_purged_total";
 pub const QUEUE_DEPTH: &str = "hookd_queue_depth";
 pub const QUEUE_OLDEST: &str = "hookd_queue_oldest_pending_seconds";
+pub const HTTP_REQUESTS: &str = "hookd_http_requests_total";
+pub const HTTP_REQUEST_SECONDS: &str = "hookd_http_request_seconds";
+pub const TENANT_EVENTS_INGESTED: &str = "hookd_tenant_events_ingested_total";
+pub const REQUEST_EVENTS: &str = "hookd_delivery_request_events";
+pub const ACTIVITY_STREAMS: &str = "hookd_activity_streams";
+pub const ACTIVITY_STREAMS_DROPPED: &str = "hookd_activity_streams_dropped_total";
+
+/// Tenants with a label of their own on [`TENANT_EVENTS_INGESTED`]: the first ones to ingest since the
+/// daemon started. Later ones are counted under `other`, so a platform with 100,000 tenants adds 101
+/// series, not 100,000. Which tenants get a label can differ after a restart.
+pub const TENANT_LABELS_MAX: usize = 100;
+/// The route label of a request that matched no route (404s of unknown paths): a fixed value, so
+/// scanning random paths adds no series.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
 
 /// Installs the Prometheus recorder and describes every family. Returns the handle `/metrics` renders.
 pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
@@ -33,6 +51,11 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
         .set_buckets_for_metric(
             Matcher::Full(GROUP_COMMIT_EVENTS.to_owned()),
             &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0],
+        )?
+        // A count too: events per delivery request (1 without batching; up to an endpoint's max_events).
+        .set_buckets_for_metric(
+            Matcher::Full(REQUEST_EVENTS.to_owned()),
+            &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0],
         )?
         .install_recorder()?;
     describe_counter!(EVENTS_INGESTED, "Events accepted by ingest (durable), duplicates excluded.");
@@ -62,6 +85,27 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
     describe_counter!(
         CONNECTIONS_REFUSED,
         "Client connections closed at once: server.max_connections were open."
+    );
+    describe_counter!(
+        HTTP_REQUESTS,
+        "API requests answered, by route template (unmatched paths: route=unmatched), method and status class."
+    );
+    describe_histogram!(
+        HTTP_REQUEST_SECONDS,
+        "Time to answer API requests (to the response head; a stream's life is not counted), by route template, method and status class."
+    );
+    describe_counter!(
+        TENANT_EVENTS_INGESTED,
+        "Events accepted by ingest by tenant: the first 100 tenants seen since start by id, the rest as tenant=other."
+    );
+    describe_histogram!(
+        REQUEST_EVENTS,
+        "Events carried by each delivery request (1 unless the endpoint batches)."
+    );
+    describe_gauge!(ACTIVITY_STREAMS, "Open activity streams (GET /v1/tenants/{tenant}/activity).");
+    describe_counter!(
+        ACTIVITY_STREAMS_DROPPED,
+        "Activity streams ended because their reader fell behind (lagged past the buffer)."
     );
     Ok(handle)
 }
@@ -130,6 +174,93 @@ pub fn purged(p: &crate::store::Purged) {
 
 /// The delivery queue across endpoints.
 pub fn queue(depth: u64, oldest: Duration) {
-    metrics::gauge!(QUEUE_DEPTH).set(depth as f64);
-    metrics::gauge!(QUEUE_OLDEST).set(oldest.as_secs_f64());
+    gauge!(QUEUE_DEPTH).set(depth as f64);
+    gauge!(QUEUE_OLDEST).set(oldest.as_secs_f64());
+}
+
+/// One answered API request. `route` is the matched template or [`UNMATCHED_ROUTE`].
+pub fn http_request(route: &str, method: &http::Method, status: u16, elapsed: Duration) {
+    let method = match *method {
+        http::Method::GET => "GET",
+        http::Method::HEAD => "HEAD",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::PATCH => "PATCH",
+        http::Method::DELETE => "DELETE",
+        http::Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    };
+    let class = match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    let labels =
+        [("route", route.to_owned()), ("method", method.to_owned()), ("status_class", class.to_owned())];
+    counter!(HTTP_REQUESTS, &labels).increment(1);
+    histogram!(HTTP_REQUEST_SECONDS, &labels).record(elapsed.as_secs_f64());
+}
+
+/// The tenants that got a label of their own (see [`TENANT_LABELS_MAX`]).
+static TENANT_LABELS: LazyLock<RwLock<HashSet<String>>> = LazyLock::new(RwLock::default);
+
+/// The label `tenant`'s events are counted under: its id while fewer than [`TENANT_LABELS_MAX`] tenants
+/// have one, `other` after.
+fn tenant_label(tenant: &str) -> String {
+    // The set is only ever inserted into, so a poisoned lock still holds a valid set.
+    let labelled = TENANT_LABELS.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if labelled.contains(tenant) {
+        return tenant.to_owned();
+    }
+    let full = labelled.len() >= TENANT_LABELS_MAX;
+    drop(labelled);
+    if full {
+        return "other".to_owned();
+    }
+    let mut labelled = TENANT_LABELS.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if labelled.len() < TENANT_LABELS_MAX || labelled.contains(tenant) {
+        labelled.insert(tenant.to_owned());
+        tenant.to_owned()
+    } else {
+        "other".to_owned()
+    }
+}
+
+/// `events` accepted for `tenant` (its id, as in the path).
+pub fn tenant_ingested(tenant: &str, events: usize) {
+    if events > 0 {
+        counter!(TENANT_EVENTS_INGESTED, "tenant" => tenant_label(tenant)).increment(events as u64);
+    }
+}
+
+/// Events one delivery request carried.
+pub fn request_events(events: usize) {
+    histogram!(REQUEST_EVENTS).record(events as f64);
+}
+
+pub fn activity_streams(open: usize) {
+    gauge!(ACTIVITY_STREAMS).set(open as f64);
+}
+
+pub fn activity_stream_dropped() {
+    counter!(ACTIVITY_STREAMS_DROPPED).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_labels_are_bounded_and_stable() {
+        let first = tenant_label("unit-first");
+        assert_eq!(first, "unit-first");
+        for i in 0..TENANT_LABELS_MAX * 2 {
+            let _ = tenant_label(&format!("unit-{i}"));
+        }
+        assert_eq!(TENANT_LABELS.read().map(|s| s.len()).unwrap_or(0), TENANT_LABELS_MAX);
+        assert_eq!(tenant_label("unit-first"), "unit-first", "a labelled tenant keeps its label");
+        assert_eq!(tenant_label("unit-late-comer"), "other");
+    }
 }

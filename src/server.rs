@@ -8,7 +8,7 @@
 //! - graceful shutdown: on `stop`, listening ends, idle connections close, requests in progress finish
 //!   (the caller bounds the wait).
 //!
-//! Every request carries the peer address as axum's `ConnectInfo<SocketAddr>`.
+//! Every request carries the peer address as axum's `ConnectInfo<SocketAddr>`, and a [`ConnectionAbort`].
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -29,6 +29,12 @@ use tracing::Instrument;
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Most header fields in one request.
 pub const MAX_HEADERS: usize = 100;
+
+/// In every request's extensions: cancelling it closes the request's connection at once. For a
+/// handler whose response outlives its usefulness when the client stops reading (the activity stream):
+/// hyper stops polling a body the client does not take, so the body itself cannot end it.
+#[derive(Debug, Clone)]
+pub struct ConnectionAbort(pub CancellationToken);
 
 /// What the loop enforces.
 #[derive(Debug, Clone, Copy)]
@@ -70,8 +76,11 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, stop: 
         };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
+        let abort = CancellationToken::new();
+        let abort_handle = ConnectionAbort(abort.clone());
         let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
+            req.extensions_mut().insert(abort_handle.clone());
             let router = router.clone();
             // One span per request: what a handler logs carries the method and path (never the query
             // string, which may hold search text, nor any header, which may hold a credential).
@@ -93,8 +102,12 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, stop: 
         tokio::spawn(async move {
             // Errors here are the client's (a reset, a timeout, a malformed request): hyper has
             // answered what could be answered; nothing is left to do but close.
-            if let Err(e) = conn.await {
-                tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+            tokio::select! {
+                result = conn => if let Err(e) = result {
+                    tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+                },
+                // Dropping the connection closes the socket, whatever it was doing.
+                () = abort.cancelled() => tracing::debug!(peer = %peer, "connection closed by its handler"),
             }
             drop(slot);
         });

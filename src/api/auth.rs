@@ -243,6 +243,7 @@ pub const ROUTES: &[(&str, &str, Class)] = &[
     ("POST", "/v1/tenants/{tenant}/events/{id}/resend", Class::Tenant),
     ("POST", "/v1/tenants/{tenant}/endpoints/{id}/recover", Class::Tenant),
     ("GET", "/v1/tenants/{tenant}/endpoints/{id}/stats", Class::Tenant),
+    ("GET", "/v1/tenants/{tenant}/activity", Class::Tenant),
     ("POST", "/v1/api-keys", Class::KeyAdmin),
     ("GET", "/v1/api-keys", Class::KeyAdmin),
     ("GET", "/v1/api-keys/{id}", Class::KeyAdmin),

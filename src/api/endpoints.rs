@@ -595,6 +595,7 @@ pub async fn test_send(
         cursor: None,
     };
     state.store.write_attempt_outcome(&write)?;
+    state.activity.attempt(tenant.serial, attempt_id, &attempt);
     let mut view = super::views::AttemptView::new(attempt_id, &attempt, true);
     view.request_body = attempt.request_body.clone();
     Ok(Json(view))

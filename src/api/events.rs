@@ -88,6 +88,7 @@ pub async fn ingest_one(
         resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
     } else {
         crate::metrics::ingested(1, bytes);
+        crate::metrics::tenant_ingested(&tenant.id, 1);
     }
     Ok(resp)
 }
@@ -126,6 +127,7 @@ pub async fn ingest_batch(
         .filter(|(a, _)| !a.duplicate)
         .fold((0, 0), |(n, b), (_, size)| (n + 1, b + size));
     crate::metrics::ingested(fresh, bytes);
+    crate::metrics::tenant_ingested(&tenant.id, fresh);
     let data: Vec<_> = accepted.iter().map(accepted_json).collect();
     Ok((StatusCode::ACCEPTED, Json(json!({ "data": data }))))
 }

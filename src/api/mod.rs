@@ -4,6 +4,7 @@
 //! token or a scoped API key — and is listed in [`auth::ROUTES`], which says what it needs. Every route is
 //! also documented in [`openapi::ApiDoc`] (served at `/openapi.json`); see there how to add one.
 
+pub mod activity;
 pub mod api_keys;
 pub mod attempts;
 pub mod audit;
@@ -58,6 +59,8 @@ pub struct Shared {
     pub capacity: Arc<crate::capacity::Gate>,
     /// Cleared when shutdown starts: `/readyz` answers 503.
     pub ready: AtomicBool,
+    /// The live activity hub that `GET …/activity` streams read.
+    pub activity: Arc<crate::activity::Activity>,
 }
 
 impl AppState {
@@ -97,6 +100,7 @@ pub fn router(state: AppState) -> Router {
         .route("/tenants/{tenant}/events/{id}/resend", post(resend::resend_event))
         .route("/tenants/{tenant}/endpoints/{id}/recover", post(resend::recover))
         .route("/tenants/{tenant}/endpoints/{id}/stats", get(resend::endpoint_stats))
+        .route("/tenants/{tenant}/activity", get(activity::stream))
         .route("/api-keys", post(api_keys::create).get(api_keys::list))
         .route("/api-keys/{id}", get(api_keys::get).patch(api_keys::update).delete(api_keys::revoke))
         .route("/api-keys/{id}/regenerate", post(api_keys::regenerate))
@@ -113,7 +117,11 @@ pub fn router(state: AppState) -> Router {
     if state.metrics.is_some() {
         app = app.route("/metrics", get(ops::metrics));
     }
-    app.fallback(ops::not_found).method_not_allowed_fallback(ops::method_not_allowed).with_state(state)
+    app.fallback(ops::not_found)
+        .method_not_allowed_fallback(ops::method_not_allowed)
+        // Outermost: sees every answer, refusals and unmatched paths included.
+        .layer(axum::middleware::from_fn(ops::track))
+        .with_state(state)
 }
 
 #[cfg(test)]
@@ -154,6 +162,7 @@ mod tests {
             user_agent: "test".into(),
         })
         .unwrap();
+        let activity = Arc::new(crate::activity::Activity::new(2));
         let supervisor = crate::deliver::Supervisor::new(crate::deliver::Shared {
             store: store.clone(),
             registry: registry.clone(),
@@ -165,6 +174,7 @@ mod tests {
             shutdown: Default::default(),
             notifier: Default::default(),
             disable_after_ms: 0,
+            activity: activity.clone(),
         });
         AppState::new(Shared {
             config: Arc::new(Config::default()),
@@ -180,6 +190,7 @@ mod tests {
             user_agent: http::HeaderValue::from_static("test"),
             capacity: Default::default(),
             ready: AtomicBool::new(true),
+            activity,
         })
     }
 

@@ -24,7 +24,7 @@ use utoipa::openapi::{
 use utoipa::{IntoParams, Modify, OpenApi, PartialSchema, ToResponse, ToSchema};
 
 use super::problem::{FieldError, Problem};
-use super::{api_keys, attempts, audit, endpoints, event_types, events, ops, resend, tenants};
+use super::{activity, api_keys, attempts, audit, endpoints, event_types, events, ops, resend, tenants};
 use crate::ids::{AttemptId, AuditId, BatchId, EndpointId, EventId};
 use crate::model::{
     BatchPolicy, DeliveryState, HttpMethod, PayloadFormat, RateLimit, RetryPolicy, Scope, Trigger,
@@ -47,7 +47,7 @@ pub const BEARER: &str = "bearer";
         endpoints::create, endpoints::list, endpoints::get, endpoints::update, endpoints::delete,
         endpoints::secret, endpoints::rotate_secret, endpoints::test_send,
         attempts::list, attempts::get, resend::resend_attempt, resend::resend_event,
-        resend::recover, resend::endpoint_stats,
+        resend::recover, resend::endpoint_stats, activity::stream,
         api_keys::create, api_keys::list, api_keys::get, api_keys::update, api_keys::revoke,
         api_keys::regenerate,
         audit::list,

@@ -1,10 +1,12 @@
-//! Operational routes: liveness, readiness, metrics, and the fallbacks.
+//! Operational routes: liveness, readiness, metrics, the fallbacks, and the request metrics middleware.
 
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -71,4 +73,17 @@ pub async fn method_not_allowed() -> Problem {
         "Method not allowed",
         "this route does not take that method",
     )
+}
+
+/// Counts and times every answered request by route template, method and status class
+/// (`hookd_http_requests_total`, `hookd_http_request_seconds`). The template, never the path, is the
+/// label, and unmatched paths share one value: the series are bounded by the routes hookd declares.
+pub async fn track(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+    let method = req.method().clone();
+    let resp = next.run(req).await;
+    let route = route.as_deref().unwrap_or(crate::metrics::UNMATCHED_ROUTE);
+    crate::metrics::http_request(route, &method, resp.status().as_u16(), started.elapsed());
+    resp
 }

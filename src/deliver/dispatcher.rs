@@ -28,6 +28,7 @@ use super::notify;
 use super::request;
 use super::retry::{self, Verdict};
 use super::supervisor::Shared;
+use crate::activity::attempts_finished;
 use crate::ids::{EndpointId, EventId};
 use crate::model::{
     AttemptRecord, DeliveryRecord, DeliveryState, EventRecord, RateLimit, RetryPolicy, Trigger,
@@ -652,6 +653,8 @@ impl Dispatcher {
                 tracing::error!(endpoint = %EndpointId(self.endpoint), error = %e, "cannot record attempts")
             }
         }
+        // Live activity: every outcome, as recorded.
+        attempts_finished(&self.shared.activity, self.tenant, outcomes.iter().map(|(id, a, _)| (*id, a)));
         let mut disable = None;
         for ((attempt_id, attempt, _), (consequences, operational)) in outcomes.into_iter().zip(after) {
             if consequences.gone {

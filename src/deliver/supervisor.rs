@@ -41,6 +41,8 @@ pub struct Shared {
     pub notifier: std::sync::OnceLock<super::notify::Notifier>,
     /// An endpoint whose every attempt failed for this long is disabled (0: never).
     pub disable_after_ms: u64,
+    /// The live activity hub: committed events (here, in `Router::route`) and attempt outcomes.
+    pub activity: Arc<crate::activity::Activity>,
 }
 
 /// Hands committed events to the feeds; used by the committer thread.
@@ -73,6 +75,7 @@ impl Router {
             }
         }
         self.shared.routed_upto.fetch_max(upto, Ordering::AcqRel);
+        self.shared.activity.ingested(committed);
     }
 }
 

@@ -5,6 +5,7 @@
 //! itself and the daemon's process contract.
 
 mod access;
+mod activity;
 mod admin;
 mod audit;
 mod backpressure;
@@ -17,6 +18,7 @@ mod hostile;
 mod ingest;
 mod limits;
 mod logs;
+mod metrics;
 mod notifications;
 mod operations;
 mod outbound;
