@@ -30,8 +30,8 @@ struct Opts {
     quick: bool,
     secs: u64,
     connections: usize,
-    /// `--soak SECS`: only the retention soak, for that long.
-    soak: Option<u64>,
+    /// `--soak SECS [--rate N]`: only the retention soak, for that long, at N events/s (default 1000).
+    soak: Option<(u64, u64)>,
 }
 
 fn now_micros() -> u64 {
@@ -403,8 +403,7 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
 /// The retention soak: steady ingest with delivery under a short `storage.retention`, printing the data
 /// dir's size and the daemon's RSS as time goes on. Disk use should level off once the first window has
 /// passed: what retention purges, new events reuse.
-async fn soak(secs: u64) -> Res<()> {
-    const RATE: u64 = 2_000;
+async fn soak(secs: u64, rate: u64) -> Res<()> {
     const RETENTION_S: u64 = 60;
     println!(
         "retention soak: {RATE} events/s of 500 B for {secs} s, retention {RETENTION_S} s, delivered to a loopback sink"
@@ -415,7 +414,7 @@ async fn soak(secs: u64) -> Res<()> {
     let data = daemon._dir.path().join("data");
     let started = Instant::now();
     let addr = daemon.addr;
-    let driver = tokio::spawn(async move { steady(addr, RATE, secs).await });
+    let driver = tokio::spawn(async move { steady(addr, rate, secs).await });
     let mut peak = 0u64;
     while !driver.is_finished() {
         tokio::time::sleep(Duration::from_secs(15)).await;
@@ -424,7 +423,7 @@ async fn soak(secs: u64) -> Res<()> {
         println!(
             "  t={:>4} s  ingested≈{:>8}  delivered={:>8}  data dir {:>7.1} MiB  RSS {:>6.1} MiB",
             started.elapsed().as_secs(),
-            started.elapsed().as_secs().min(secs) * RATE,
+            started.elapsed().as_secs().min(secs) * rate,
             sink.received.load(Ordering::Relaxed),
             bytes as f64 / 1048576.0,
             rss_mib(daemon.child.id()),
@@ -441,8 +440,8 @@ async fn soak(secs: u64) -> Res<()> {
 }
 
 async fn run(opts: Opts) -> Res<()> {
-    if let Some(secs) = opts.soak {
-        return soak(secs).await;
+    if let Some((secs, rate)) = opts.soak {
+        return soak(secs, rate).await;
     }
     println!(
         "hookd load benchmark ({} mode): {} connections, {} s per phase, 500 B payloads, loopback only",
@@ -680,7 +679,9 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     // `cargo bench` passes `--bench`; under `cargo test` (CI) the benchmark runs as a quick smoke test.
     let quick = args.iter().any(|a| a == "--quick") || !args.iter().any(|a| a == "--bench");
-    let soak = args.iter().position(|a| a == "--soak").and_then(|i| args.get(i + 1)?.parse::<u64>().ok());
+    let value =
+        |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)?.parse::<u64>().ok());
+    let soak = value("--soak").map(|secs| (secs, value("--rate").unwrap_or(1_000)));
     let opts = Opts { quick, secs: if quick { 2 } else { 10 }, connections: 64, soak };
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
