@@ -85,6 +85,8 @@ async fn every_family_is_described_and_typed_and_the_new_families_are_there_afte
         "hookd_log_bytes",
         "hookd_events_ingested_total",
         "hookd_delivery_attempts_total",
+        "hookd_queue_depth",
+        "hookd_queue_oldest_pending_seconds",
     ] {
         assert!(exposition.families.contains_key(family), "{family} missing from /metrics\n{text}");
     }
