@@ -406,7 +406,7 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
 async fn soak(secs: u64, rate: u64) -> Res<()> {
     const RETENTION_S: u64 = 60;
     println!(
-        "retention soak: {RATE} events/s of 500 B for {secs} s, retention {RETENTION_S} s, delivered to a loopback sink"
+        "retention soak: {rate} events/s of 500 B for {secs} s, retention {RETENTION_S} s, delivered to a loopback sink"
     );
     let sink = start_sink().await?;
     let daemon = start_daemon_with("fsync", &format!("retention = \"{RETENTION_S}s\"")).await?;

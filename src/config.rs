@@ -286,7 +286,11 @@ impl Config {
             None => Vec::new(),
         };
         overrides.extend(env_overrides(env, &schema)?);
+        Config::apply(schema, overrides)
+    }
 
+    /// Applies overrides in order over the embedded defaults, then validates.
+    fn apply(schema: toml::Table, overrides: Vec<Override>) -> Result<Config, ConfigError> {
         let mut merged = schema;
         let mut config = Config::default();
         let mut origins = BTreeMap::new();
@@ -307,6 +311,14 @@ impl Config {
         }
         config.check(&origins)?;
         Ok(config)
+    }
+
+    /// [`Config::load`] of a file's text (named `path` in errors) without the environment: for tools and
+    /// the fuzzer, which must not read files.
+    pub fn from_text(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let schema = schema()?;
+        let overrides = text_overrides(path, text, &schema)?;
+        Config::apply(schema, overrides)
     }
 
     /// Cross-field rules that types cannot express. [`Config::load`] already applies them; this is for
@@ -547,6 +559,12 @@ fn list_keys(table: &toml::Table) -> String {
 fn file_overrides(path: &Path, schema: &toml::Table) -> Result<Vec<Override>, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    text_overrides(path, &text, schema)
+}
+
+/// The overrides of a config file's text; `path` only names it in errors.
+fn text_overrides(path: &Path, text: &str, schema: &toml::Table) -> Result<Vec<Override>, ConfigError> {
+    let text = text.to_owned();
     let document = toml::de::DeTable::parse(&text).map_err(|source| {
         let (line, column) = position(&text, source.span().map_or(0, |span| span.start));
         ConfigError::Syntax { path: path.to_owned(), line, column, source: Box::new(source) }

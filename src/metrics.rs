@@ -25,6 +25,8 @@ pub const LOG_BYTES: &str = "hookd_log_bytes";
 pub const CONNECTIONS_REFUSED: &str = "hookd_http_connections_refused_total";
 pub const PURGED: &str = "hookd_retention_purged_total";
 pub const QUEUE_DEPTH: &str = "hookd_queue_depth";
+pub const ENDPOINT_ATTEMPTS: &str = "hookd_endpoint_attempts_total";
+pub const ENDPOINT_ATTEMPT_SECONDS: &str = "hookd_endpoint_attempt_seconds";
 pub const QUEUE_OLDEST: &str = "hookd_queue_oldest_pending_seconds";
 pub const HTTP_REQUESTS: &str = "hookd_http_requests_total";
 pub const HTTP_REQUEST_SECONDS: &str = "hookd_http_request_seconds";
@@ -78,6 +80,14 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
         "Deliveries waiting across endpoints: first attempts read but not made, and retries held in memory (a lower bound for endpoints far behind)."
     );
     describe_gauge!(QUEUE_OLDEST, "Age of the oldest delivery waiting (0 when none).");
+    describe_counter!(
+        ENDPOINT_ATTEMPTS,
+        "Delivery attempts of the endpoints that opted in (metrics: true; at most 100), by endpoint id and outcome."
+    );
+    describe_histogram!(
+        ENDPOINT_ATTEMPT_SECONDS,
+        "Duration of attempts of the endpoints that opted in, by endpoint id."
+    );
     describe_counter!(
         PURGED,
         "Records removed by retention, by kind (events|attempts|deliveries|idempotency_keys|audit_entries|orphaned_keys)."
@@ -246,6 +256,13 @@ pub fn activity_streams(open: usize) {
 
 pub fn activity_stream_dropped() {
     counter!(ACTIVITY_STREAMS_DROPPED).increment(1);
+}
+
+/// One attempt of an endpoint that opted in to its own series.
+pub fn endpoint_attempt(endpoint: String, succeeded: bool, elapsed: Duration) {
+    let outcome = if succeeded { "succeeded" } else { "failed" };
+    counter!(ENDPOINT_ATTEMPTS, "endpoint" => endpoint.clone(), "outcome" => outcome).increment(1);
+    histogram!(ENDPOINT_ATTEMPT_SECONDS, "endpoint" => endpoint).record(elapsed.as_secs_f64());
 }
 
 #[cfg(test)]

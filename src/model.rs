@@ -127,6 +127,9 @@ pub struct EndpointRecord {
     pub disabled_reason: Option<String>,
     pub created_at: u64,
     pub updated_at: u64,
+    /// Opt-in per-endpoint metric series (`hookd_endpoint_*{endpoint}`), capped across the daemon.
+    #[serde(default)]
+    pub metrics: bool,
 }
 
 impl EndpointRecord {
@@ -167,6 +170,7 @@ impl EndpointRecord {
             disabled_reason: None,
             created_at: 0,
             updated_at: 0,
+            metrics: false,
         }
     }
 }

@@ -102,6 +102,10 @@ pub struct EndpointIn {
     pub timeout_ms: Option<u64>,
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// Per-endpoint metric series on `/metrics` (`hookd_endpoint_attempts_total{endpoint}`, …); at most
+    /// 100 endpoints of the daemon may have them.
+    #[serde(default)]
+    pub metrics: bool,
 }
 
 impl EndpointIn {
@@ -128,6 +132,7 @@ impl EndpointIn {
             verify_tls: r.verify_tls,
             timeout_ms: Some(r.timeout_ms),
             enabled: r.enabled,
+            metrics: r.metrics,
         }
     }
 }
@@ -361,7 +366,28 @@ fn record_from(
         disabled_reason: None,
         created_at,
         updated_at: now,
+        metrics: i.metrics,
     }
+}
+
+/// Endpoints of the whole daemon that may have their own metric series: each adds a few series per
+/// outcome and histogram bucket, so the scrape stays bounded.
+pub const MAX_ENDPOINTS_WITH_METRICS: usize = 100;
+
+/// Refuses a `metrics: true` that would pass [`MAX_ENDPOINTS_WITH_METRICS`] (the endpoint's own earlier
+/// opt-in does not count twice).
+fn check_metrics_cap(reg: &crate::registry::Registry, rec: &EndpointRecord) -> Result<(), Problem> {
+    if !rec.metrics {
+        return Ok(());
+    }
+    let others = reg.endpoints().filter(|e| e.record.metrics && e.record.id != rec.id).count();
+    if others >= MAX_ENDPOINTS_WITH_METRICS {
+        return Err(Problem::invalid_field(
+            "metrics",
+            format!("at most {MAX_ENDPOINTS_WITH_METRICS} endpoints may have their own metric series"),
+        ));
+    }
+    Ok(())
 }
 
 fn endpoint_id(id: &str) -> Result<u64, Problem> {
@@ -395,6 +421,7 @@ pub async fn create(
                 "a tenant has at most {MAX_ENDPOINTS_PER_TENANT} endpoints"
             )));
         }
+        check_metrics_cap(reg, &rec)?;
         store.put_endpoint(&rec)?;
         reg.put_endpoint(rec.clone());
         Ok(())
@@ -709,6 +736,7 @@ pub async fn update(
         rec.retired_secrets = current.retired_secrets.clone();
         // Re-enabled by a person: the reason hookd disabled it no longer applies.
         rec.disabled_reason = if rec.enabled { None } else { current.disabled_reason.clone() };
+        check_metrics_cap(reg, &rec)?;
         store.put_endpoint(&rec)?;
         reg.put_endpoint(rec.clone());
         Ok(rec)

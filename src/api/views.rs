@@ -102,6 +102,8 @@ pub struct EndpointView {
     pub verify_tls: bool,
     pub timeout_ms: u64,
     pub enabled: bool,
+    /// Has its own metric series on `/metrics`.
+    pub metrics: bool,
     /// `enabled` or `disabled`.
     pub state: &'static str,
     pub disabled_reason: Option<String>,
@@ -133,6 +135,7 @@ impl From<&EndpointRecord> for EndpointView {
             verify_tls: e.verify_tls,
             timeout_ms: e.timeout_ms,
             enabled: e.enabled,
+            metrics: e.metrics,
             state: if e.enabled { "enabled" } else { "disabled" },
             disabled_reason: e.disabled_reason.clone(),
             last_triggered_at: None,

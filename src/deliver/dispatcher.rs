@@ -682,6 +682,14 @@ impl Dispatcher {
     /// Counts an attempt in the endpoint's statistics; notes when the endpoint has failed long enough
     /// to be disabled, and notifies its recovery.
     fn account(&mut self, entry: &EndpointEntry, attempt: &AttemptRecord, disable: &mut Option<String>) {
+        if entry.record.metrics {
+            let elapsed = Duration::from_millis(attempt.duration_ms);
+            crate::metrics::endpoint_attempt(
+                EndpointId(self.endpoint).to_string(),
+                attempt.succeeded,
+                elapsed,
+            );
+        }
         let recovered = {
             let mut stats = super::feed::lock(&self.feed.stats);
             let was_failing_since = stats.failing_since;

@@ -135,3 +135,49 @@ async fn every_family_is_described_and_typed_and_the_new_families_are_there_afte
     let batches = labelled("hookd_delivery_request_events");
     assert!(batches.iter().any(|(_, n)| *n >= 1.0), "batch sizes: {batches:?}");
 }
+
+#[tokio::test]
+async fn an_endpoint_that_opts_in_gets_its_own_series_within_a_cap() {
+    let daemon = Daemon::start().await;
+    daemon.create_tenant("acme").await;
+    let receiver = Receiver::start().await;
+    let (watched, _) = daemon
+        .create_endpoint(
+            "acme",
+            json!({ "url": receiver.url("/w"), "event_types": ["a.b"], "metrics": true }),
+        )
+        .await;
+    let (quiet, _) =
+        daemon.create_endpoint("acme", json!({ "url": receiver.url("/q"), "event_types": ["a.b"] })).await;
+    daemon.ingest("acme", "a.b", json!({})).await;
+    receiver.wait_for(2, 10 * SECOND).await;
+    let text = eventually(10 * SECOND, Duration::from_millis(50), || async {
+        let text = scrape(&daemon).await;
+        text.contains(&format!("endpoint=\"{watched}\"")).then_some(text)
+    })
+    .await
+    .expect("the opted-in endpoint's series appear");
+    assert!(text.contains("hookd_endpoint_attempts_total"), "{text}");
+    assert!(text.contains("hookd_endpoint_attempt_seconds"), "{text}");
+    assert!(!text.contains(&quiet), "an endpoint that did not opt in has no series");
+
+    // The cap counts across the daemon: 99 more fill it, the next is refused naming the field, and a
+    // PATCH cannot sneak past it either.
+    for i in 0..99 {
+        daemon
+            .create_endpoint("acme", json!({ "url": receiver.url(&format!("/m{i}")), "metrics": true }))
+            .await;
+    }
+    let (status, body) = daemon
+        .post("/v1/tenants/acme/endpoints", json!({ "url": receiver.url("/over"), "metrics": true }))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.to_string().contains("metrics"), "{body}");
+    let (status, _) =
+        daemon.patch(&format!("/v1/tenants/acme/endpoints/{quiet}"), json!({ "metrics": true })).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    // The watched one may still be patched (it is already counted).
+    let (status, _) =
+        daemon.patch(&format!("/v1/tenants/acme/endpoints/{watched}"), json!({ "name": "w" })).await;
+    assert_eq!(status, StatusCode::OK);
+}
