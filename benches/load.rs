@@ -32,6 +32,15 @@ struct Opts {
     connections: usize,
     /// `--soak SECS [--rate N]`: only the retention soak, for that long, at N events/s (default 1000).
     soak: Option<(u64, u64)>,
+    /// `--only PHASE[,PHASE…]`: run only these phases (ingest, fanout, batch, delivery, batched,
+    /// combined, steady), e.g. to profile one.
+    only: Option<Vec<String>>,
+}
+
+impl Opts {
+    fn runs(&self, phase: &str) -> bool {
+        self.only.as_ref().is_none_or(|o| o.iter().any(|p| p == phase))
+    }
 }
 
 fn now_micros() -> u64 {
@@ -458,125 +467,147 @@ async fn run(opts: Opts) -> Res<()> {
     let mut daemon = start_daemon("fsync").await?;
     setup_tenant(daemon.addr, &sink, 0).await?;
 
-    // 1. Durable single-event ingest, nothing to deliver: the log's own capacity.
-    let mut r =
-        drive(daemon.addr, "/v1/tenants/bench/events", opts.connections, opts.secs, Arc::new(single_body))
-            .await?;
-    let ingest = report("ingest: single events, fsync, no endpoint", &mut r, 1);
-    println!("{:<44} {:>9.0} %", "  ratio to the bare server", 100.0 * ingest / baseline.max(1.0));
-
-    // 1b. What fan-out costs ingest: events of a type matching 1 endpoint, then of a type matching 100.
-    //     The endpoints are disabled, so they match (and their deliveries are stored, to go out when
-    //     enabled) but send nothing: this measures routing and storing the routes, not delivery, which
-    //     for 100 endpoints is 100 times the work and has its own phases below.
-    let one = fanout_endpoints(daemon.addr, &sink, "fanout.one", 1).await?;
-    let hundred = fanout_endpoints(daemon.addr, &sink, "fanout.hundred", 100).await?;
-    let mut rates = Vec::new();
-    for (event_type, n) in [("fanout.one", 1), ("fanout.hundred", 100)] {
-        let body = Arc::new(move || typed_single_body(event_type));
-        let mut r = drive(daemon.addr, "/v1/tenants/bench/events", opts.connections, opts.secs, body).await?;
-        rates.push(report(&format!("ingest: single events, {n} matching endpoint(s)"), &mut r, 1));
+    if opts.runs("ingest") {
+        // 1. Durable single-event ingest, nothing to deliver: the log's own capacity.
+        let mut r = drive(
+            daemon.addr,
+            "/v1/tenants/bench/events",
+            opts.connections,
+            opts.secs,
+            Arc::new(single_body),
+        )
+        .await?;
+        let ingest = report("ingest: single events, fsync, no endpoint", &mut r, 1);
+        println!("{:<44} {:>9.0} %", "  ratio to the bare server", 100.0 * ingest / baseline.max(1.0));
     }
-    if let [with_one, with_hundred] = rates[..] {
-        println!("{:<44} {:>9.0} %", "  100 endpoints vs 1", 100.0 * with_hundred / with_one.max(1.0));
+    if opts.runs("fanout") {
+        // 1b. What fan-out costs ingest: events of a type matching 1 endpoint, then of a type matching 100.
+        //     The endpoints are disabled, so they match (and their deliveries are stored, to go out when
+        //     enabled) but send nothing: this measures routing and storing the routes, not delivery, which
+        //     for 100 endpoints is 100 times the work and has its own phases below.
+        let one = fanout_endpoints(daemon.addr, &sink, "fanout.one", 1).await?;
+        let hundred = fanout_endpoints(daemon.addr, &sink, "fanout.hundred", 100).await?;
+        let mut rates = Vec::new();
+        for (event_type, n) in [("fanout.one", 1), ("fanout.hundred", 100)] {
+            let body = Arc::new(move || typed_single_body(event_type));
+            let mut r =
+                drive(daemon.addr, "/v1/tenants/bench/events", opts.connections, opts.secs, body).await?;
+            rates.push(report(&format!("ingest: single events, {n} matching endpoint(s)"), &mut r, 1));
+        }
+        if let [with_one, with_hundred] = rates[..] {
+            println!("{:<44} {:>9.0} %", "  100 endpoints vs 1", 100.0 * with_hundred / with_one.max(1.0));
+        }
+        for id in one.iter().chain(&hundred) {
+            admin(daemon.addr, "DELETE", &format!("/v1/tenants/bench/endpoints/{id}"), String::new()).await?;
+        }
     }
-    for id in one.iter().chain(&hundred) {
-        admin(daemon.addr, "DELETE", &format!("/v1/tenants/bench/endpoints/{id}"), String::new()).await?;
-    }
-
     println!("{:<44} {:>9.1} MiB", "  daemon RSS now", rss_mib(daemon.child.id()));
-    // 2. Durable batch ingest (100 × 500 B per request).
-    let conns = opts.connections.min(8);
-    let mut r =
-        drive(daemon.addr, "/v1/tenants/bench/events/batch", conns, opts.secs, Arc::new(batch_body)).await?;
-    report(&format!("ingest: batches of 100, fsync, {conns} conns (events)"), &mut r, 100);
-
+    if opts.runs("batch") {
+        // 2. Durable batch ingest (100 × 500 B per request).
+        let conns = opts.connections.min(8);
+        let mut r =
+            drive(daemon.addr, "/v1/tenants/bench/events/batch", conns, opts.secs, Arc::new(batch_body))
+                .await?;
+        report(&format!("ingest: batches of 100, fsync, {conns} conns (events)"), &mut r, 100);
+    }
     println!("{:<44} {:>9.1} MiB", "  daemon RSS now", rss_mib(daemon.child.id()));
-    // 3. Delivery alone: a backlog ingested while the endpoint is disabled, then drained.
     let backlog: u64 = if opts.quick { 5_000 } else { 50_000 };
-    let endpoint =
-        create_endpoint(daemon.addr, &sink, 0, false).await.map_err(|e| format!("create endpoint: {e}"))?;
-    ingest_backlog(daemon.addr, backlog, "ticket.created").await?;
-    let (s, b) = admin(
-        daemon.addr,
-        "PATCH",
-        &format!("/v1/tenants/bench/endpoints/{endpoint}"),
-        r#"{"enabled":true}"#.into(),
-    )
-    .await?;
-    if s != 200 {
-        return Err(format!("enable endpoint: {s} {b}").into());
+    if opts.runs("delivery") {
+        // 3. Delivery alone: a backlog ingested while the endpoint is disabled, then drained.
+        let endpoint = create_endpoint(daemon.addr, &sink, 0, false)
+            .await
+            .map_err(|e| format!("create endpoint: {e}"))?;
+        ingest_backlog(daemon.addr, backlog, "ticket.created").await?;
+        let (s, b) = admin(
+            daemon.addr,
+            "PATCH",
+            &format!("/v1/tenants/bench/endpoints/{endpoint}"),
+            r#"{"enabled":true}"#.into(),
+        )
+        .await?;
+        if s != 200 {
+            return Err(format!("enable endpoint: {s} {b}").into());
+        }
+        let (delivered, rate) =
+            drain(&sink, backlog, Duration::from_secs(if opts.quick { 30 } else { 180 })).await;
+        println!(
+            "{:<44} {rate:>10.0} /s   ({delivered} of {backlog} delivered, max_in_flight 64, {} connections)",
+            "delivery: single events from a backlog",
+            sink.connections.load(Ordering::Relaxed)
+        );
     }
-    let (delivered, rate) =
-        drain(&sink, backlog, Duration::from_secs(if opts.quick { 30 } else { 180 })).await;
-    println!(
-        "{:<44} {rate:>10.0} /s   ({delivered} of {backlog} delivered, max_in_flight 64, {} connections)",
-        "delivery: single events from a backlog",
-        sink.connections.load(Ordering::Relaxed)
-    );
-
     println!("{:<44} {:>9.1} MiB", "  daemon RSS now", rss_mib(daemon.child.id()));
-    // 3b. Batched delivery alone: 100 events per request, from a backlog of another type.
-    sink.reset().await;
-    let batched_backlog = backlog * 4;
-    let body = format!(
-        r#"{{"url":"http://{}/batch","event_types":["order.created"],"max_in_flight":16,"enabled":false,"batch":{{"max_events":100,"max_wait_ms":50}}}}"#,
-        sink.addr
-    );
-    let (s, b) = admin(daemon.addr, "POST", "/v1/tenants/bench/endpoints", body).await?;
-    if s != 201 {
-        return Err(format!("create batch endpoint: {s} {b}").into());
+    if opts.runs("batched") {
+        // 3b. Batched delivery alone: 100 events per request, from a backlog of another type.
+        sink.reset().await;
+        let batched_backlog = backlog * 4;
+        let body = format!(
+            r#"{{"url":"http://{}/batch","event_types":["order.created"],"max_in_flight":16,"enabled":false,"batch":{{"max_events":100,"max_wait_ms":50}}}}"#,
+            sink.addr
+        );
+        let (s, b) = admin(daemon.addr, "POST", "/v1/tenants/bench/endpoints", body).await?;
+        if s != 201 {
+            return Err(format!("create batch endpoint: {s} {b}").into());
+        }
+        let batch_ep =
+            serde_json::from_str::<serde_json::Value>(&b)?["id"].as_str().unwrap_or_default().to_owned();
+        ingest_backlog(daemon.addr, batched_backlog, "order.created").await?;
+        let path = format!("/v1/tenants/bench/endpoints/{batch_ep}");
+        let (s, b) = admin(daemon.addr, "PATCH", &path, r#"{"enabled":true}"#.into()).await?;
+        if s != 200 {
+            return Err(format!("enable batch endpoint: {s} {b}").into());
+        }
+        let limit = Duration::from_secs(if opts.quick { 30 } else { 180 });
+        let (delivered, rate) = drain(&sink, batched_backlog, limit).await;
+        println!(
+            "{:<44} {rate:>10.0} /s   ({delivered} of {batched_backlog} events, 100 per request)",
+            "delivery: batched events from a backlog"
+        );
+        println!("{:<44} {:>9.1} MiB", "  daemon RSS now", rss_mib(daemon.child.id()));
     }
-    let batch_ep =
-        serde_json::from_str::<serde_json::Value>(&b)?["id"].as_str().unwrap_or_default().to_owned();
-    ingest_backlog(daemon.addr, batched_backlog, "order.created").await?;
-    let path = format!("/v1/tenants/bench/endpoints/{batch_ep}");
-    let (s, b) = admin(daemon.addr, "PATCH", &path, r#"{"enabled":true}"#.into()).await?;
-    if s != 200 {
-        return Err(format!("enable batch endpoint: {s} {b}").into());
+    if opts.runs("combined") {
+        // 4. Both at once: ingest with one live endpoint; ingest→receipt latency under saturating load.
+        sink.reset().await;
+        let mut r = drive(
+            daemon.addr,
+            "/v1/tenants/bench/events",
+            opts.connections,
+            opts.secs,
+            Arc::new(single_body),
+        )
+        .await?;
+        report("ingest + delivery: single events, 1 endpoint", &mut r, 1);
+        let (delivered, rate) =
+            drain(&sink, r.requests, Duration::from_secs(if opts.quick { 30 } else { 120 })).await;
+        println!(
+            "{:<44} {rate:>10.0} /s   ({delivered} of {} delivered)",
+            "  delivery while ingesting", r.requests
+        );
+        let mut lat = sink.latencies.lock().await.clone();
+        lat.sort_unstable();
+        println!(
+            "{:<44} p50 {:>7.2} ms   p99 {:>7.2} ms   (saturating load: includes queueing)",
+            "  ingest→receipt latency",
+            pct(&lat, 0.5),
+            pct(&lat, 0.99)
+        );
     }
-    let limit = Duration::from_secs(if opts.quick { 30 } else { 180 });
-    let (delivered, rate) = drain(&sink, batched_backlog, limit).await;
-    println!(
-        "{:<44} {rate:>10.0} /s   ({delivered} of {batched_backlog} events, 100 per request)",
-        "delivery: batched events from a backlog"
-    );
-    println!("{:<44} {:>9.1} MiB", "  daemon RSS now", rss_mib(daemon.child.id()));
-
-    // 4. Both at once: ingest with one live endpoint; ingest→receipt latency under saturating load.
-    sink.reset().await;
-    let mut r =
-        drive(daemon.addr, "/v1/tenants/bench/events", opts.connections, opts.secs, Arc::new(single_body))
-            .await?;
-    report("ingest + delivery: single events, 1 endpoint", &mut r, 1);
-    let (delivered, rate) =
-        drain(&sink, r.requests, Duration::from_secs(if opts.quick { 30 } else { 120 })).await;
-    println!(
-        "{:<44} {rate:>10.0} /s   ({delivered} of {} delivered)",
-        "  delivery while ingesting", r.requests
-    );
-    let mut lat = sink.latencies.lock().await.clone();
-    lat.sort_unstable();
-    println!(
-        "{:<44} p50 {:>7.2} ms   p99 {:>7.2} ms   (saturating load: includes queueing)",
-        "  ingest→receipt latency",
-        pct(&lat, 0.5),
-        pct(&lat, 0.99)
-    );
-    // 5. Latency at a steady 1,000 events/s (open loop: requests are sent on schedule, not as fast as
-    //    answers come back), one live endpoint.
-    let _ = drain(&sink, u64::MAX, Duration::from_secs(2)).await; // let phase 4's backlog settle
-    sink.reset().await;
-    let sent = steady(daemon.addr, 1_000, opts.secs).await?;
-    let (delivered, _) = drain(&sink, sent, Duration::from_secs(30)).await;
-    let mut lat = sink.latencies.lock().await.clone();
-    lat.sort_unstable();
-    println!(
-        "{:<44} p50 {:>7.2} ms   p99 {:>7.2} ms   ({delivered} of {sent} delivered)",
-        "steady 1,000 events/s: ingest→receipt",
-        pct(&lat, 0.5),
-        pct(&lat, 0.99)
-    );
+    if opts.runs("steady") {
+        // 5. Latency at a steady 1,000 events/s (open loop: requests are sent on schedule, not as fast as
+        //    answers come back), one live endpoint.
+        let _ = drain(&sink, u64::MAX, Duration::from_secs(2)).await; // let phase 4's backlog settle
+        sink.reset().await;
+        let sent = steady(daemon.addr, 1_000, opts.secs).await?;
+        let (delivered, _) = drain(&sink, sent, Duration::from_secs(30)).await;
+        let mut lat = sink.latencies.lock().await.clone();
+        lat.sort_unstable();
+        println!(
+            "{:<44} p50 {:>7.2} ms   p99 {:>7.2} ms   ({delivered} of {sent} delivered)",
+            "steady 1,000 events/s: ingest→receipt",
+            pct(&lat, 0.5),
+            pct(&lat, 0.99)
+        );
+    }
     println!("{:<44} {:>9.1} MiB", "daemon peak RSS", peak_rss_mib(daemon.child.id()));
     let _ = daemon.child.kill().await;
     Ok(())
@@ -682,7 +713,12 @@ fn main() {
     let value =
         |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)?.parse::<u64>().ok());
     let soak = value("--soak").map(|secs| (secs, value("--rate").unwrap_or(1_000)));
-    let opts = Opts { quick, secs: if quick { 2 } else { 10 }, connections: 64, soak };
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(|list| list.split(',').map(str::to_owned).collect());
+    let opts = Opts { quick, secs: if quick { 2 } else { 10 }, connections: 64, soak, only };
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
