@@ -216,7 +216,16 @@ impl Dispatcher {
                     self.manual.push_back(ManualRequest { webhook_id, batch_id, events, reply });
                 }
                 Command::Recover { lo, hi, reply } => {
-                    let _ = reply.send(self.recover(lo, hi).map_err(|e| e.to_string()));
+                    // A large recovery reads and writes for a while: let the runtime move other tasks
+                    // off this thread meanwhile.
+                    let result = if tokio::runtime::Handle::current().runtime_flavor()
+                        == tokio::runtime::RuntimeFlavor::MultiThread
+                    {
+                        tokio::task::block_in_place(|| self.recover(lo, hi))
+                    } else {
+                        self.recover(lo, hi)
+                    };
+                    let _ = reply.send(result.map_err(|e| e.to_string()));
                 }
             }
         }
