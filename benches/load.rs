@@ -164,7 +164,18 @@ async fn start_daemon_with(durability: &str, storage_extra: &str) -> Res<Daemon>
     );
     let path = dir.path().join("hookd.toml");
     std::fs::write(&path, config)?;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookd"))
+    // `HOOKD_BENCH_WRAP="heaptrack -o /tmp/hookd"` runs the daemon under a profiler.
+    let wrap = std::env::var("HOOKD_BENCH_WRAP").unwrap_or_default();
+    let mut words = wrap.split_whitespace();
+    let mut command = match words.next() {
+        Some(program) => {
+            let mut c = tokio::process::Command::new(program);
+            c.args(words).arg(env!("CARGO_BIN_EXE_hookd"));
+            c
+        }
+        None => tokio::process::Command::new(env!("CARGO_BIN_EXE_hookd")),
+    };
+    let mut child = command
         .args(["serve", "--config"])
         .arg(&path)
         .env("HOOKD_LOG", "warn")

@@ -110,7 +110,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let addr = listener.local_addr()?;
     let stop_http = CancellationToken::new();
     let metrics_server = match config.server.metrics_listen {
-        Some(maddr) => Some(serve_metrics(maddr, metrics, server_limits(&config), stop_http.clone()).await?),
+        Some(maddr) => {
+            Some(serve_metrics(maddr, metrics.clone(), server_limits(&config), stop_http.clone()).await?)
+        }
         None => None,
     };
     // The one line on stdout that tools (and the test harness) wait for.
@@ -134,6 +136,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     ));
     let state_flusher = tokio::spawn(flush_state(store.clone(), stop_dispatch.clone()));
     let retention = tokio::spawn(purge_old_data(state.clone(), stop_dispatch.clone()));
+    let metrics_upkeep = tokio::spawn(metrics_upkeep(metrics.clone(), stop_dispatch.clone()));
     // Stopped with the dispatchers, after the HTTP drain: the last requests' key use is persisted too.
     let key_use = tokio::spawn(
         api::api_keys::UsePersister::new(keys, api::api_keys::USE_PERSIST_EVERY).run(stop_dispatch.clone()),
@@ -175,6 +178,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     }
     let _ = state_flusher.await;
     let _ = retention.await;
+    let _ = metrics_upkeep.await;
     let _ = key_use.await;
     store.sync()?;
     tracing::info!("hookd stopped");
@@ -233,6 +237,22 @@ async fn serve_metrics(
     );
     let task = tokio::spawn(crate::server::serve(listener, app, limits, stop));
     Ok((bound, task))
+}
+
+/// How often the metrics recorder drains its histogram samples into their buckets.
+const METRICS_UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// The Prometheus recorder keeps every histogram sample until it is rendered or upkept: without a scrape,
+/// that is memory growing with traffic. Upkeep folds them into the buckets.
+async fn metrics_upkeep(handle: metrics_exporter_prometheus::PrometheusHandle, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(METRICS_UPKEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => handle.run_upkeep(),
+            () = stop.cancelled() => return,
+        }
+    }
 }
 
 /// How often retention runs (the first pass soon after the start).
