@@ -138,9 +138,12 @@ async fn the_history_is_searched_by_endpoint_event_status_window_and_text_and_so
     let since = attempts(&daemon, &format!("endpoint_id={good}&since={window_start}")).await;
     let since_events: Vec<String> =
         since["data"].as_array().into_iter().flatten().map(|a| text(&a["event_ids"][0])).collect();
-    assert!(since_events.contains(&later) && !since_events.contains(&first), "{since}");
+    // (first and paid may share a millisecond with window_start, so only `later` is certain here.)
+    assert!(since_events.contains(&later), "{since}");
     let until = attempts(&daemon, &format!("endpoint_id={good}&until={window_start}")).await;
-    assert!(ids(&until).iter().all(|id| !ids(&since).contains(id) || since_events.len() < 3));
+    let until_events: Vec<String> =
+        until["data"].as_array().into_iter().flatten().map(|a| text(&a["event_ids"][0])).collect();
+    assert!(until_events.contains(&first) && !until_events.contains(&later), "{until}");
     let text_hits = attempts(&daemon, "q=QUOTA").await;
     assert_eq!(ids(&text_hits), ids(&failed), "the text is searched case-insensitively in response bodies");
     let status_hits = attempts(&daemon, "q=503").await;
