@@ -929,6 +929,16 @@ impl Dispatcher {
     /// Every few seconds: an idle endpoint's cursor follows the log, so a restart does not re-read what
     /// other endpoints got meanwhile.
     fn on_tick(&mut self) {
+        // Behind the log with nothing read ahead (typically a disabled endpoint, which starts no
+        // attempts and so never reads): read ahead into the bounded backlog, sending nothing, so that
+        // the cursor moves up to just before the first event this endpoint still needs. Otherwise a
+        // disabled endpoint would hold its tenant's log from where it was disabled, even when none of
+        // the later events are for it, and retention could purge none of them.
+        if self.backlog.is_empty()
+            && let Some(from) = self.feed.lag_from()
+        {
+            self.read_log(from);
+        }
         // Read the routed mark before looking at the feed: everything up to it was pushed already.
         let routed = self.shared.routed_upto.load(Ordering::Acquire);
         if self.pending.is_empty() && self.backlog.is_empty() && !self.feed.has_work() {

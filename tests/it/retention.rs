@@ -22,6 +22,14 @@ async fn old_data_is_purged_once_delivered_and_what_a_disabled_endpoint_needs_is
     daemon.create_tenant("done").await;
     daemon.create_tenant("held").await;
     let (done_ep, _) = daemon.create_endpoint("done", json!({"url": receiver.url("/done")})).await;
+    // Disabled, and subscribed to nothing that is sent: it needs none of the tenant's events, so it
+    // must not hold the log either.
+    daemon
+        .create_endpoint(
+            "done",
+            json!({"url": receiver.url("/idle"), "event_types": ["never.sent"], "enabled": false}),
+        )
+        .await;
     let (held_ep, _) =
         daemon.create_endpoint("held", json!({"url": receiver.url("/held"), "enabled": false})).await;
     let (status, first) = daemon
