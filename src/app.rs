@@ -245,14 +245,12 @@ const METRICS_UPKEEP_EVERY: Duration = Duration::from_secs(5);
 /// The Prometheus recorder keeps every histogram sample until it is rendered or upkept: without a scrape,
 /// that is memory growing with traffic. Upkeep folds them into the buckets.
 async fn metrics_upkeep(handle: metrics_exporter_prometheus::PrometheusHandle, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(METRICS_UPKEEP_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => handle.run_upkeep(),
-            () = stop.cancelled() => return,
-        }
-    }
+    let every = METRICS_UPKEEP_EVERY;
+    crate::periodic::every(every, every, &stop, || {
+        handle.run_upkeep();
+        std::future::ready(())
+    })
+    .await;
 }
 
 /// How often retention runs (the first pass soon after the start).
@@ -261,42 +259,39 @@ const RETENTION_EVERY: Duration = Duration::from_secs(60);
 /// Purges what is older than `storage.retention` and no longer needed (see `store::retention`).
 async fn purge_old_data(state: AppState, stop: CancellationToken) {
     let retention = u64::try_from(state.config.storage.retention.0.as_millis()).unwrap_or(u64::MAX);
-    let first = tokio::time::Instant::now() + Duration::from_secs(5).min(RETENTION_EVERY);
-    let mut tick =
-        tokio::time::interval_at(first, RETENTION_EVERY.min(Duration::from_millis(retention.max(1000))));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = stop.cancelled() => return,
-        }
-        // Read the id clock before the registry: an endpoint created after this has a larger id.
-        let id_ceiling = state.ids.last().saturating_add(1);
-        let endpoints =
-            state.registry.snapshot().endpoints().map(|e| (e.record.id, e.record.tenant_serial)).collect();
-        let live = crate::store::Live { endpoints, id_ceiling };
-        let cutoff = crate::time::now_ms().saturating_sub(retention);
-        let store = state.store.clone();
-        let started = std::time::Instant::now();
-        match tokio::task::spawn_blocking(move || store.purge(cutoff, &live)).await {
-            Ok(Ok(p)) => {
-                crate::metrics::purged(&p);
-                if p != crate::store::Purged::default() {
-                    tracing::info!(
-                        events = p.events,
-                        attempts = p.attempts,
-                        deliveries = p.deliveries,
-                        idempotency_keys = p.idempotency_keys,
-                        audit_entries = p.audit_entries,
-                        orphaned_keys = p.orphaned_keys,
-                        elapsed_ms = started.elapsed().as_millis() as u64,
-                        "retention purged old data"
-                    );
-                }
+    let first = Duration::from_secs(5).min(RETENTION_EVERY);
+    let period = RETENTION_EVERY.min(Duration::from_millis(retention.max(1000)));
+    crate::periodic::every(first, period, &stop, || purge_pass(&state, retention)).await;
+}
+
+/// One retention pass: purges what is older than `retention` ms.
+async fn purge_pass(state: &AppState, retention: u64) {
+    // Read the id clock before the registry: an endpoint created after this has a larger id.
+    let id_ceiling = state.ids.last().saturating_add(1);
+    let endpoints =
+        state.registry.snapshot().endpoints().map(|e| (e.record.id, e.record.tenant_serial)).collect();
+    let live = crate::store::Live { endpoints, id_ceiling };
+    let cutoff = crate::time::now_ms().saturating_sub(retention);
+    let store = state.store.clone();
+    let started = std::time::Instant::now();
+    match tokio::task::spawn_blocking(move || store.purge(cutoff, &live)).await {
+        Ok(Ok(p)) => {
+            crate::metrics::purged(&p);
+            if p != crate::store::Purged::default() {
+                tracing::info!(
+                    events = p.events,
+                    attempts = p.attempts,
+                    deliveries = p.deliveries,
+                    idempotency_keys = p.idempotency_keys,
+                    audit_entries = p.audit_entries,
+                    orphaned_keys = p.orphaned_keys,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "retention purged old data"
+                );
             }
-            Ok(Err(e)) => tracing::error!(error = %e, "retention pass failed"),
-            Err(e) => tracing::error!(error = %e, "retention task failed"),
         }
+        Ok(Err(e)) => tracing::error!(error = %e, "retention pass failed"),
+        Err(e) => tracing::error!(error = %e, "retention task failed"),
     }
 }
 
@@ -308,18 +303,13 @@ const STATE_FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// schedules (deliveries would then be redone from the log: nothing lost, but history and retry counts
 /// would be).
 async fn flush_state(store: Store, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(STATE_FLUSH_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = stop.cancelled() => return,
-        }
+    crate::periodic::every(Duration::ZERO, STATE_FLUSH_EVERY, &stop, || async {
         let s = store.clone();
         match tokio::task::spawn_blocking(move || s.sync_if_dirty()).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "cannot sync delivery state"),
             Err(e) => tracing::error!(error = %e, "state flusher task failed"),
         }
-    }
+    })
+    .await;
 }

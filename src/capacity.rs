@@ -133,30 +133,27 @@ fn measure(store: &Store) -> Result<Reading, crate::store::StoreError> {
 
 /// Every [`CHECK_EVERY`] until `stop`: measure, decide, publish in `gate`, log the changes.
 pub async fn watch(store: Store, limits: Limits, gate: std::sync::Arc<Gate>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(CHECK_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = stop.cancelled() => return,
+    crate::periodic::every(Duration::ZERO, CHECK_EVERY, &stop, || check(&store, limits, &gate)).await;
+}
+
+/// One check: measure, decide, publish in `gate`, log the changes.
+async fn check(store: &Store, limits: Limits, gate: &Gate) {
+    let s = store.clone();
+    let reading = match tokio::task::spawn_blocking(move || measure(&s)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot read the database's size on disk");
+            return;
         }
-        let s = store.clone();
-        let reading = match tokio::task::spawn_blocking(move || measure(&s)).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "cannot read the database's size on disk");
-                continue;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "disk check task failed");
-                continue;
-            }
-        };
-        metrics::gauge!(crate::metrics::LOG_BYTES).set(reading.log_bytes as f64);
-        let verdict = assess(limits, reading);
-        let before = gate.set(reading, verdict);
-        log_changes(limits, reading, before, verdict);
-    }
+        Err(e) => {
+            tracing::error!(error = %e, "disk check task failed");
+            return;
+        }
+    };
+    metrics::gauge!(crate::metrics::LOG_BYTES).set(reading.log_bytes as f64);
+    let verdict = assess(limits, reading);
+    let before = gate.set(reading, verdict);
+    log_changes(limits, reading, before, verdict);
 }
 
 fn log_changes(limits: Limits, reading: Reading, before: Verdict, now: Verdict) {

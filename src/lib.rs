@@ -45,6 +45,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod model;
 pub mod offline;
+pub mod periodic;
 pub mod registry;
 pub mod route;
 pub mod schema;

@@ -251,14 +251,11 @@ impl UsePersister {
     }
 
     pub async fn run(self, stop: CancellationToken) {
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + self.period, self.period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => self.step(),
-                () = stop.cancelled() => break,
-            }
-        }
+        crate::periodic::every(self.period, self.period, &stop, || {
+            self.step();
+            std::future::ready(())
+        })
+        .await;
         self.step();
     }
 
