@@ -285,6 +285,7 @@ async fn purge_pass(state: &AppState, retention: u64) {
                     idempotency_keys = p.idempotency_keys,
                     audit_entries = p.audit_entries,
                     orphaned_keys = p.orphaned_keys,
+                    segments = p.segments,
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "retention purged old data"
                 );

@@ -90,7 +90,7 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
     );
     describe_counter!(
         PURGED,
-        "Records removed by retention, by kind (events|attempts|deliveries|idempotency_keys|audit_entries|orphaned_keys)."
+        "Records removed by retention, by kind (events|attempts|deliveries|idempotency_keys|audit_entries|orphaned_keys|segments: log segment files)."
     );
     describe_counter!(
         CONNECTIONS_REFUSED,
@@ -175,6 +175,7 @@ pub fn purged(p: &crate::store::Purged) {
         ("idempotency_keys", p.idempotency_keys),
         ("audit_entries", p.audit_entries),
         ("orphaned_keys", p.orphaned_keys),
+        ("segments", p.segments),
     ] {
         if n > 0 {
             counter!(PURGED, "kind" => kind).increment(n);

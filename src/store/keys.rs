@@ -7,6 +7,7 @@ pub const META: u8 = b'm';
 pub const API_KEY: u8 = b'k';
 pub const LOG: u8 = b'L';
 pub const IDEMPOTENCY: u8 = b'I';
+pub const LOG_META: u8 = b'M';
 pub const CURSOR: u8 = b'C';
 pub const DELIVERY: u8 = b'D';
 pub const QUEUE: u8 = b'Q';

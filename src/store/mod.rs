@@ -1,4 +1,5 @@
-//! Storage: one sled database, three trees, versioned rmp-serde records.
+//! Storage: one sled database with three trees and versioned rmp-serde records, and the log's record
+//! bodies in append-only segment files ([`segment`]).
 //!
 //! # Trees and key layout
 //! All integers in keys are big-endian so that sled's byte order is numeric order. `T` is a tenant's
@@ -12,8 +13,9 @@
 //! | `config` | `y` type name (utf-8)       | [`EventTypeRecord`]                     | API                   |
 //! | `config` | `m` name                    | meta values (admin token hash, …)       | app                   |
 //! | `config` | `k` API key id (8 bytes)    | [`ApiKeyRecord`]                        | API, key-use persister|
-//! | `log`    | `L` T V                     | [`LogRecord`]: events V, V+1, …          | group commit          |
+//! | `log`    | `L` T V                     | [`segment::Pointer`] to the record of events V, V+1, … (older stores: the [`LogRecord`] itself) | group commit |
 //! | `log`    | `I` T idempotency-key       | [`IdempotencyRecord`]                   | group commit          |
+//! | `log`    | `M` `indexed`               | segment ++ offset: frames before it are in the index | group commit |
 //! | `state`  | `C` E                       | cursor: u64, every event ≤ it is handed off | dispatcher        |
 //! | `state`  | `D` E W                     | [`DeliveryRecord`] (not a first-try success) | dispatcher       |
 //! | `state`  | `Q` E D W                   | empty: the retry queue, ordered by due time | dispatcher        |
@@ -27,9 +29,11 @@
 //! | `state`  | `U` id                      | [`AuditRecord`]: one authenticated write | API (audit layer)    |
 //!
 //! # Invariants
-//! - An ingest request is one sled batch on `log` (its events and idempotency keys together) and each
-//!   event carries its routes, so an acknowledged event is always deliverable: nothing else must be
-//!   written for it to reach its endpoints, and a request cut off half-way leaves either nothing or all.
+//! - An ingest group is one append to the current segment (synced in `fsync` mode) before it is
+//!   acknowledged, and each event carries its routes and idempotency key, so an acknowledged event is
+//!   always deliverable: nothing else must be written for it to reach its endpoints. Its index entries
+//!   and idempotency keys follow in one sled batch; after a crash the frames the index lacks are
+//!   replayed into it ([`segment`]). A frame cut off half-way is dropped whole.
 //! - The payload is stored once, in the log, however many endpoints it matched.
 //! - The outcome of one attempt (attempt record, delivery state, retry-queue entry, cursor) is one sled
 //!   batch on `state`: after a crash it is either all there or not at all (then the attempt is redone).
@@ -52,6 +56,7 @@ mod log;
 pub mod records;
 mod retention;
 pub mod seal;
+pub mod segment;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -116,6 +121,8 @@ struct Inner {
     config: sled::Tree,
     log: sled::Tree,
     state: sled::Tree,
+    /// The bodies of the log's records; `log` holds pointers into them.
+    segments: segment::SegmentLog,
     durability: durability::Syncer,
     data_dir: PathBuf,
     /// Set by delivery-state writes, cleared by [`Store::sync_if_dirty`]: attempt outcomes are made
@@ -139,18 +146,21 @@ impl Store {
         let log = db.open_tree("log")?;
         let state = db.open_tree("state")?;
         let durability = durability::Syncer::new(&settings.data_dir, settings.durability)?;
+        let segments = segment::SegmentLog::open(&settings.data_dir, settings.durability)?;
         let store = Store {
             inner: Arc::new(Inner {
                 db,
                 config,
                 log,
                 state,
+                segments,
                 durability,
                 data_dir: settings.data_dir.clone(),
                 state_dirty: Default::default(),
                 master_key: settings.master_key.clone(),
             }),
         };
+        store.recover_log()?;
         store.seal_plaintext_secrets()?;
         store.index_history()?;
         store.sync()?;
@@ -160,6 +170,7 @@ impl Store {
     /// Makes everything written so far durable as configured: sled's flush, then (in `fsync` mode) a
     /// real `fdatasync` of its data file and any new blob files.
     pub fn sync(&self) -> Result<(), StoreError> {
+        self.inner.segments.sync()?;
         self.inner.db.flush()?;
         self.inner.durability.sync()
     }
@@ -211,8 +222,7 @@ impl Store {
                 continue;
             };
             let (k, v) = item?;
-            let record: crate::model::LogRecord = records::decode(&k, &v)?;
-            let last = keys::trailing_u64(&k) + record.events.len().saturating_sub(1) as u64;
+            let last = keys::trailing_u64(&k) + Store::entry_events(&k, &v)?.saturating_sub(1);
             max = max.max(last);
         }
         Ok(max)
@@ -220,7 +230,7 @@ impl Store {
 
     /// Bytes the database uses on disk.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
-        Ok(self.inner.db.size_on_disk()?)
+        Ok(self.inner.db.size_on_disk()? + self.inner.segments.size_on_disk()?)
     }
 
     pub fn data_dir(&self) -> &Path {

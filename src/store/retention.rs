@@ -23,9 +23,10 @@
 use std::collections::HashMap;
 
 use super::history::id_floor;
+use super::log::Entry;
 use super::records;
 use super::{Store, StoreError, keys};
-use crate::model::{AttemptRecord, DeliveryRecord, DeliveryState, LogRecord};
+use crate::model::{AttemptRecord, DeliveryRecord, DeliveryState};
 
 /// Keys deleted per sled batch.
 pub const CHUNK: usize = 5_000;
@@ -41,6 +42,8 @@ pub struct Purged {
     pub audit_entries: u64,
     /// Keys of deleted endpoints (their cursor, queue, deliveries, statistics, indexes).
     pub orphaned_keys: u64,
+    /// Segment files deleted (no record in them is needed any more).
+    pub segments: u64,
 }
 
 /// What the purge needs to know of the live configuration.
@@ -99,6 +102,7 @@ impl Store {
             let limit = needed.get(&tenant).copied().unwrap_or(u64::MAX).min(cutoff_id);
             self.purge_log(tenant, limit, &mut purged)?;
         }
+        purged.segments = self.inner.segments.collect()? as u64;
         for tenant in self.serials_with(&self.inner.log, keys::IDEMPOTENCY)? {
             self.purge_idempotency(tenant, cutoff_ms, &mut purged)?;
         }
@@ -164,20 +168,26 @@ impl Store {
     /// Log records of a tenant whose every event is older than `limit` (an id).
     fn purge_log(&self, tenant: u64, limit: u64, purged: &mut Purged) -> Result<(), StoreError> {
         let mut del = Deleter::new(&self.inner.log);
+        let mut released = Vec::new();
         for item in self.inner.log.range(keys::two(keys::LOG, tenant, 0)..keys::two(keys::LOG, tenant, limit))
         {
             let (k, v) = item?;
             let first = keys::trailing_u64(&k);
-            let record: LogRecord = records::decode(&k, &v)?;
-            let n = record.events.len() as u64;
+            let n = Store::entry_events(&k, &v)?;
             if first.saturating_add(n) > limit {
                 break; // its last events are still needed (or recent), and so is everything after
             }
             del.remove(&k)?;
+            if let Entry::At(p) = Entry::of(&v) {
+                released.push(p.segment);
+            }
             purged.log_records += 1;
             purged.events += n;
         }
-        del.flush()
+        del.flush()?;
+        // Only now that the index no longer points into them may their segments go.
+        self.inner.segments.release(released);
+        Ok(())
     }
 
     fn purge_idempotency(&self, tenant: u64, cutoff_ms: u64, purged: &mut Purged) -> Result<(), StoreError> {
@@ -275,7 +285,7 @@ impl Store {
 mod tests {
     use super::*;
     use crate::config::Durability;
-    use crate::model::EventRecord;
+    use crate::model::{EventRecord, LogRecord};
     use crate::store::StoreSettings;
 
     const TENANT: u64 = 3;
@@ -304,8 +314,17 @@ mod tests {
             routes: vec![LIVE],
         };
         let record = LogRecord { events: vec![ev; n] };
-        let bytes = records::encode(&record).unwrap_or_else(|e| panic!("{e}"));
-        store.inner.log.insert(keys::two(keys::LOG, TENANT, first), bytes).unwrap_or_else(|e| panic!("{e}"));
+        if first == 10 {
+            // As stores written before segments hold it: the record inline.
+            let bytes = records::encode(&record).unwrap_or_else(|e| panic!("{e}"));
+            store
+                .inner
+                .log
+                .insert(keys::two(keys::LOG, TENANT, first), bytes)
+                .unwrap_or_else(|e| panic!("{e}"));
+        } else {
+            store.append_for_test(TENANT, first, &record);
+        }
     }
 
     fn delivery(store: &Store, endpoint: u64, webhook: u64, state: DeliveryState, due: Option<u64>) {
