@@ -3,7 +3,8 @@
 //! RSS, next to a bare-HTTP baseline measured in the same run (read results as ratios: the machine is
 //! shared and noisy).
 //!
-//! `cargo bench --bench load` (full) or `cargo bench --bench load -- --quick` (a few seconds). Under
+//! `cargo bench --bench load` (full) or `cargo bench --bench load -- --quick` (a few seconds);
+//! `-- --backlog N` measures RSS over a backlog of N events, `-- --soak SECS` the retention soak. Under
 //! `cargo test --all-targets` it runs in quick mode as a smoke test (no thresholds).
 
 use std::convert::Infallible;
@@ -35,6 +36,8 @@ struct Opts {
     /// `--only PHASE[,PHASE…]`: run only these phases (ingest, fanout, batch, delivery, batched,
     /// combined, steady), e.g. to profile one.
     only: Option<Vec<String>>,
+    /// `--backlog N`: only the backlog phase, with N events.
+    backlog: Option<u64>,
 }
 
 impl Opts {
@@ -459,9 +462,63 @@ async fn soak(secs: u64, rate: u64) -> Res<()> {
     Ok(())
 }
 
+/// `--backlog N`: RSS while a backlog of N events builds up for a disabled endpoint, and while it is
+/// then delivered (single events). The log's bodies are on disk, so RSS should not follow the backlog.
+async fn backlog(events: u64) -> Res<()> {
+    const STEPS: u64 = 10;
+    println!("backlog: {events} events of 500 B for one disabled endpoint, then delivered (single events)");
+    let sink = start_sink().await?;
+    let daemon = start_daemon("fsync").await?;
+    setup_tenant(daemon.addr, &sink, 0).await?;
+    let endpoint = create_endpoint(daemon.addr, &sink, 0, false).await?;
+    let pid = daemon.child.id();
+    println!("  backlog {:>8}  RSS {:>6.1} MiB", 0, rss_mib(pid));
+    let started = Instant::now();
+    let step = (events / STEPS / 100).max(1) * 100;
+    let mut done = 0;
+    while done < events {
+        let n = step.min(events - done);
+        ingest_backlog(daemon.addr, n, "ticket.created").await?;
+        done += n;
+        println!("  backlog {done:>8}  RSS {:>6.1} MiB", rss_mib(pid));
+    }
+    let ingest_s = started.elapsed().as_secs_f64();
+    let data = daemon._dir.path().join("data");
+    println!(
+        "  ingested in {ingest_s:.1} s ({:.0} events/s on one connection), data dir {:.1} MiB",
+        done as f64 / ingest_s,
+        dir_bytes(&data) as f64 / 1048576.0
+    );
+    let path = format!("/v1/tenants/bench/endpoints/{endpoint}");
+    let (s, b) = admin(daemon.addr, "PATCH", &path, r#"{"enabled":true}"#.into()).await?;
+    if s != 200 {
+        return Err(format!("enable endpoint: {s} {b}").into());
+    }
+    let received = sink.received.clone();
+    let sampler = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let n = received.load(Ordering::Relaxed);
+            println!("  delivered {n:>8}  RSS {:>6.1} MiB", rss_mib(pid));
+        }
+    });
+    let (delivered, rate) = drain(&sink, done, Duration::from_secs(600)).await;
+    sampler.abort();
+    println!(
+        "backlog done: {delivered} of {done} delivered at {rate:.0}/s; RSS now {:.1} MiB, peak {:.1} MiB; data dir {:.1} MiB",
+        rss_mib(pid),
+        peak_rss_mib(pid),
+        dir_bytes(&data) as f64 / 1048576.0
+    );
+    Ok(())
+}
+
 async fn run(opts: Opts) -> Res<()> {
     if let Some((secs, rate)) = opts.soak {
         return soak(secs, rate).await;
+    }
+    if let Some(events) = opts.backlog {
+        return backlog(events).await;
     }
     println!(
         "hookd load benchmark ({} mode): {} connections, {} s per phase, 500 B payloads, loopback only",
@@ -729,7 +786,8 @@ fn main() {
         .position(|a| a == "--only")
         .and_then(|i| args.get(i + 1))
         .map(|list| list.split(',').map(str::to_owned).collect());
-    let opts = Opts { quick, secs: if quick { 2 } else { 10 }, connections: 64, soak, only };
+    let backlog = value("--backlog");
+    let opts = Opts { quick, secs: if quick { 2 } else { 10 }, connections: 64, soak, only, backlog };
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
