@@ -233,9 +233,25 @@ fn group_commit(c: &mut Criterion) {
     g.finish();
 }
 
+fn ingest_parsing(c: &mut Criterion) {
+    let event =
+        format!(r#"{{"type":"ticket.created","channels":["client_42"],"payload":{}}}"#, payload_500());
+    let batch = format!(r#"{{"events":[{}]}}"#, vec![event.as_str(); 100].join(","));
+    let mut g = c.benchmark_group("ingest");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("parse_single_500B", |b| {
+        b.iter(|| hookd::ingest::parse_single(black_box(event.as_bytes()), None).is_ok())
+    });
+    g.throughput(Throughput::Elements(100));
+    g.bench_function("parse_batch_of_100", |b| {
+        b.iter(|| hookd::ingest::parse_batch(black_box(batch.as_bytes()), 1000).is_ok())
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).measurement_time(std::time::Duration::from_secs(3));
-    targets = signing, encoding, routing, filters_and_templates, group_commit
+    targets = signing, encoding, routing, filters_and_templates, group_commit, ingest_parsing
 }
 criterion_main!(benches);

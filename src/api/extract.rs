@@ -65,6 +65,11 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
         Some(_) => return Err(Problem::bad_request("the body is not a JSON object")),
         None => return Err(Problem::bad_request("the body is empty; a JSON object is expected")),
     }
+    // The fast path: a valid body parses once, without tracking where the parser is. Only a body that
+    // fails is parsed again, with the path tracked, to name the field in the error.
+    if let Ok(value) = serde_json::from_slice::<T>(bytes) {
+        return Ok(value);
+    }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     let result: Result<T, _> = serde_path_to_error::deserialize(&mut *de);
     let value = result.map_err(|err| {
