@@ -310,14 +310,22 @@ impl SegmentLog {
             }
             if group_start < bytes.len() {
                 let cut = (base + group_start) as u64;
-                tracing::warn!(segment, offset = cut, "log segment ends in a torn or corrupt group");
                 let mut w = lock(&self.writer);
                 if Some(segment) == last && w.segment == segment {
+                    // A crash mid-write: that group was never acknowledged.
+                    tracing::warn!(segment, offset = cut, "log segment ends in a torn group; cutting it off");
                     w.file.set_len(cut)?;
                     if self.mode == Durability::Fsync {
                         w.file.sync_data()?;
                     }
                     w.len = cut;
+                } else {
+                    // Only the segment being written can end in a torn group: this is damage.
+                    tracing::error!(
+                        segment,
+                        offset = cut,
+                        "log segment is corrupt here: the records after this point are not replayed"
+                    );
                 }
             }
         }
