@@ -398,4 +398,27 @@ mod tests {
         let p = store.purge(0, &live).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((firsts(&store), p.events), (vec![60, 70], 0));
     }
+
+    #[test]
+    fn a_segment_goes_once_retention_purged_every_record_in_it() {
+        let (dir, store) = store();
+        log_record(&store, 100, 2);
+        store.inner.segments.rotate_now().unwrap_or_else(|e| panic!("{e}"));
+        log_record(&store, 200, 1);
+        let files = || std::fs::read_dir(dir.path().join("segments")).map_or(0, |d| d.count());
+        assert_eq!(files(), 2);
+        store.put_cursor(LIVE, 150).unwrap_or_else(|e| panic!("{e}"));
+        let live = Live { endpoints: HashMap::from([(LIVE, TENANT)]), id_ceiling: 5_000 };
+        let everything_old = u64::MAX / 4096 / 1000;
+
+        let p = store.purge(everything_old, &live).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((p.events, p.segments), (2, 1));
+        assert_eq!(files(), 1, "the first segment's file is deleted");
+        assert_eq!(store.event(TENANT, 101).unwrap_or_default(), None);
+        assert!(store.event(TENANT, 200).unwrap_or_default().is_some(), "the newer segment stays");
+        // The segment being written is never deleted, even with nothing in it needed any more.
+        store.put_cursor(LIVE, 500).unwrap_or_else(|e| panic!("{e}"));
+        let p = store.purge(everything_old, &live).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((p.events, p.segments, files()), (1, 0, 1));
+    }
 }

@@ -221,6 +221,13 @@ impl SegmentLog {
         Ok((pointers, (w.segment, w.len)))
     }
 
+    /// Closes the segment being written, as filling it would.
+    #[cfg(test)]
+    pub fn rotate_now(&self) -> Result<(), StoreError> {
+        let mut w = lock(&self.writer);
+        self.rotate(&mut w)
+    }
+
     fn rotate(&self, w: &mut Writer) -> Result<(), StoreError> {
         if self.mode == Durability::Fsync {
             w.file.sync_data()?;
