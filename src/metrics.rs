@@ -4,10 +4,12 @@
 //! `other`); HTTP routes are labelled by their template (`/v1/tenants/{tenant}/events`), never the path.
 
 use std::collections::HashSet;
-use std::sync::{LazyLock, RwLock};
+use std::sync::{LazyLock, OnceLock, RwLock};
 use std::time::Duration;
 
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics::{
+    Counter, Histogram, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const EVENTS_INGESTED: &str = "hookd_events_ingested_total";
@@ -132,17 +134,27 @@ pub fn ingested(events: usize, bytes: usize) {
 
 /// One attempt's outcome. `status` is `None` for a transport error.
 pub fn attempt(succeeded: bool, status: Option<u16>, elapsed: Duration) {
-    let outcome = if succeeded { "succeeded" } else { "failed" };
-    let class = match status {
-        Some(200..=299) => "2xx",
-        Some(300..=399) => "3xx",
-        Some(400..=499) => "4xx",
-        Some(500..=599) => "5xx",
-        Some(_) => "other",
-        None => "error",
+    // Every attempt passes here: the handles of its few series are looked up (and registered) once, on
+    // first use, instead of building a labelled key per attempt.
+    const CLASSES: [&str; 6] = ["2xx", "3xx", "4xx", "5xx", "other", "error"];
+    static COUNTERS: [[OnceLock<Counter>; CLASSES.len()]; 2] =
+        [const { [const { OnceLock::new() }; CLASSES.len()] }; 2];
+    static SECONDS: [OnceLock<Histogram>; 2] = [const { OnceLock::new() }; 2];
+    let (o, outcome) = if succeeded { (0, "succeeded") } else { (1, "failed") };
+    let c = match status {
+        Some(200..=299) => 0,
+        Some(300..=399) => 1,
+        Some(400..=499) => 2,
+        Some(500..=599) => 3,
+        Some(_) => 4,
+        None => 5,
     };
-    counter!(ATTEMPTS, "outcome" => outcome, "status_class" => class).increment(1);
-    histogram!(ATTEMPT_SECONDS, "outcome" => outcome).record(elapsed.as_secs_f64());
+    COUNTERS[o][c]
+        .get_or_init(|| counter!(ATTEMPTS, "outcome" => outcome, "status_class" => CLASSES[c]))
+        .increment(1);
+    SECONDS[o]
+        .get_or_init(|| histogram!(ATTEMPT_SECONDS, "outcome" => outcome))
+        .record(elapsed.as_secs_f64());
 }
 
 pub fn retry_scheduled() {

@@ -14,7 +14,12 @@ pub fn now_micros() -> u64 {
 
 /// `2026-11-22T18:13:22.536Z`.
 pub fn format_ms(ms: u64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+    display_ms(ms).to_string()
+}
+
+/// [`format_ms`] without the allocation: write it where it goes.
+pub fn display_ms(ms: u64) -> impl std::fmt::Display {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms))
 }
 
 /// Parses an RFC 3339 time (`Z` or a numeric offset) into unix milliseconds.

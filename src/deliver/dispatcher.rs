@@ -3,7 +3,8 @@
 //! Work comes from three places, oldest first: retries that are due (the `Q` queue in the store), events
 //! read back from the log while catching up, and events the router pushed into the feed. The task starts
 //! up to `max_in_flight` attempts at once (one when `ordered`), each as its own tokio task, subject to the
-//! endpoint's rate limit; whatever an attempt changes is written in one store batch when it completes.
+//! endpoint's rate limit; whatever an attempt changes is written in one store batch when it completes,
+//! together with the other attempts that finished meanwhile (they wait at most [`OUTCOME_LINGER`]).
 //!
 //! The cursor: every event routed here with an id up to the cursor has been handed off — succeeded at
 //! its first attempt, or recorded as a delivery with its own state and retry schedule. It is the oldest
@@ -45,6 +46,12 @@ const DUE_IN_MEMORY: usize = 4096;
 const IDLE_PERSIST_EVERY: Duration = Duration::from_secs(5);
 /// Statistics are persisted at most this often (and at shutdown).
 const STATS_PERSIST_EVERY: Duration = Duration::from_secs(60);
+/// Finished attempts are recorded together: sled's cost is per write batch and per cursor update, and
+/// an endpoint draining a backlog finishes attempts one or two at a time. They wait at most this long
+/// (and at most [`OUTCOMES_PER_WRITE`] of them) before the write; until then a crash repeats them,
+/// like any attempt whose outcome was not written yet.
+const OUTCOME_LINGER: Duration = Duration::from_millis(2);
+const OUTCOMES_PER_WRITE: usize = 64;
 
 /// What an attempt is for.
 #[derive(Debug)]
@@ -91,6 +98,9 @@ pub struct Dispatcher {
     tenant: u64,
     feed: Arc<Feed>,
     in_flight: JoinSet<Done>,
+    /// Finished attempts not recorded yet (see [`OUTCOME_LINGER`]), and when the oldest finished.
+    unwritten: Vec<Done>,
+    unwritten_since: Option<Instant>,
     /// First attempts in flight, by event id.
     pending: BTreeSet<u64>,
     /// Events read from the log during catch-up, not started yet.
@@ -126,6 +136,8 @@ impl Dispatcher {
             tenant,
             feed,
             in_flight: JoinSet::new(),
+            unwritten: Vec::new(),
+            unwritten_since: None,
             pending: BTreeSet::new(),
             backlog: VecDeque::new(),
             read_pos: cursor,
@@ -154,18 +166,27 @@ impl Dispatcher {
         let offset = Duration::from_millis(self.endpoint % period.as_millis().max(1) as u64);
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        // The entry of the previous pass: the outcomes still unwritten when the endpoint is deleted are
+        // recorded with it.
+        let mut previous: Option<Arc<EndpointEntry>> = None;
         loop {
             let snapshot = self.shared.registry.snapshot();
             let Some(entry) = snapshot.tenant_endpoint(self.tenant, self.endpoint).cloned() else {
+                if let Some(entry) = &previous {
+                    self.write_outcomes(entry);
+                }
                 tracing::debug!(endpoint = %EndpointId(self.endpoint), "endpoint deleted; dispatcher stops");
                 return;
             };
             let stopping = self.shared.shutdown.is_cancelled();
+            let active = entry.record.enabled && !stopping;
+            if !self.unwritten.is_empty() && (!active || self.outcomes_due()) {
+                self.write_outcomes(&entry);
+            }
             if stopping && self.in_flight.is_empty() {
                 break;
             }
             self.take_commands(&entry, stopping);
-            let active = entry.record.enabled && !stopping;
             if active {
                 self.fill(&entry);
             }
@@ -173,19 +194,21 @@ impl Dispatcher {
             let wake_at = if active { self.next_wake(&entry) } else { None };
             tokio::select! {
                 Some(joined) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
-                    // Every attempt that has finished by now is recorded in one store write.
-                    let mut finished = Vec::with_capacity(self.in_flight.len() + 1);
+                    // Every attempt that has finished by now joins the outcomes to record; they are
+                    // written in one store write at the top of a pass (see `outcomes_due`).
                     let mut next = Some(joined);
                     while let Some(joined) = next {
                         match joined {
-                            Ok(done) => finished.push(done),
+                            Ok(done) => self.unwritten.push(done),
                             Err(e) => {
                                 tracing::error!(endpoint = %EndpointId(self.endpoint), error = %e, "attempt task failed")
                             }
                         }
                         next = self.in_flight.try_join_next();
                     }
-                    self.finish(finished, &entry);
+                    if !self.unwritten.is_empty() {
+                        self.unwritten_since.get_or_insert_with(Instant::now);
+                    }
                 }
                 () = self.feed.notified() => {}
                 _ = changes.changed() => {}
@@ -193,6 +216,7 @@ impl Dispatcher {
                 () = self.shared.shutdown.cancelled(), if !stopping => {}
                 _ = tick.tick() => self.on_tick(),
             }
+            previous = Some(entry);
         }
         self.advance_cursor();
         self.persist_cursor();
@@ -623,6 +647,25 @@ impl Dispatcher {
         );
     }
 
+    /// Should the finished attempts be recorded now? When enough have gathered, when nothing else is in
+    /// flight (no more will join soon), when the oldest has waited [`OUTCOME_LINGER`], or when a person
+    /// waits for one (a re-send).
+    fn outcomes_due(&self) -> bool {
+        self.unwritten.len() >= OUTCOMES_PER_WRITE
+            || self.in_flight.is_empty()
+            || self.unwritten_since.is_none_or(|t| t.elapsed() >= OUTCOME_LINGER)
+            || self.unwritten.iter().any(|d| matches!(d.job, Job::Manual { .. }))
+    }
+
+    /// Records the finished attempts gathered so far (see [`Dispatcher::finish`]).
+    fn write_outcomes(&mut self, entry: &EndpointEntry) {
+        self.unwritten_since = None;
+        let finished = std::mem::take(&mut self.unwritten);
+        if !finished.is_empty() {
+            self.finish(finished, entry);
+        }
+    }
+
     /// Records finished attempts and decides what comes next for each delivery, in one store write;
     /// then answers re-sends, updates the statistics, and disables or notifies as they call for.
     fn finish(&mut self, finished: Vec<Done>, entry: &EndpointEntry) {
@@ -995,7 +1038,8 @@ impl Dispatcher {
             (Some(since), Some(b)) => Some(since + Duration::from_millis(b.max_wait_ms)),
             _ => None,
         };
-        [due, self.rate_wait, batch_ready].into_iter().flatten().min()
+        let record_outcomes = self.unwritten_since.map(|t| t + OUTCOME_LINGER);
+        [due, self.rate_wait, batch_ready, record_outcomes].into_iter().flatten().min()
     }
 
     /// Disables the endpoint and tells the tenant. Its deliveries are kept: they resume when it is

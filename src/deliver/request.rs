@@ -16,14 +16,17 @@ pub const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
 pub const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
 pub const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
 
-/// Appends one event object to `out`.
+/// Appends one event object to `out`. Written straight into `out` (no string per field): a batch body
+/// is hundreds of these.
 pub fn write_event_json(out: &mut String, id: u64, ev: &EventRecord) {
+    use std::fmt::Write as _;
     out.push_str("{\"id\":\"");
-    out.push_str(&EventId(id).to_string());
+    // Writing to a String cannot fail.
+    let _ = write!(out, "{}", EventId(id));
     out.push_str("\",\"type\":");
     push_json_str(out, &ev.event_type);
     out.push_str(",\"timestamp\":\"");
-    out.push_str(&crate::time::format_ms(ev.received_at));
+    let _ = write!(out, "{}", crate::time::display_ms(ev.received_at));
     out.push_str("\",\"channels\":[");
     for (i, c) in ev.channels.iter().enumerate() {
         if i > 0 {
@@ -36,9 +39,37 @@ pub fn write_event_json(out: &mut String, id: u64, ev: &EventRecord) {
     out.push('}');
 }
 
+/// Appends `s` as a JSON string literal, escaped as serde_json escapes it.
 fn push_json_str(out: &mut String, s: &str) {
-    // serde_json's escaping of a &str cannot fail.
-    out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into()));
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push('"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: &str = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0x00..=0x1f => "",
+            _ => continue,
+        };
+        // `i` is at an ASCII byte, so both slices end on character boundaries.
+        out.push_str(&s[start..i]);
+        if escape.is_empty() {
+            out.push_str("\\u00");
+            out.push(HEX[usize::from(b >> 4)] as char);
+            out.push(HEX[usize::from(b & 0xf)] as char);
+        } else {
+            out.push_str(escape);
+        }
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
 }
 
 /// The JSON body for these events: one event object, or `{"events": [...]}` for a batch endpoint.
@@ -194,16 +225,16 @@ pub fn recorded_body(body: &[u8]) -> String {
 /// `Authorization: Bearer …`, an API key, a cookie — is kept as `[redacted]`, so the history never holds
 /// one.
 pub fn recorded_headers(h: &HeaderMap) -> Vec<(String, String)> {
-    h.iter()
-        .map(|(k, v)| {
-            let value = if is_sensitive(k.as_str()) {
-                REDACTED.to_owned()
-            } else {
-                String::from_utf8_lossy(v.as_bytes()).into_owned()
-            };
-            (k.as_str().to_owned(), value)
-        })
-        .collect()
+    let mut out = Vec::with_capacity(h.len());
+    for (k, v) in h {
+        let value = if is_sensitive(k.as_str()) {
+            REDACTED.to_owned()
+        } else {
+            String::from_utf8_lossy(v.as_bytes()).into_owned()
+        };
+        out.push((k.as_str().to_owned(), value));
+    }
+    out
 }
 
 pub const REDACTED: &str = "[redacted]";
@@ -260,6 +291,17 @@ mod tests {
         assert_eq!(v["timestamp"], "2026-11-22T18:13:22.536Z");
         assert_eq!(v["channels"][0], "client_\"42");
         assert_eq!(v["data"]["s"], "é");
+    }
+
+    #[test]
+    fn strings_are_escaped_as_serde_json_escapes_them() {
+        let mut all: String = (0u8..0x80).map(char::from).collect();
+        all.push_str("é\u{2028}😀\\\"end");
+        for s in [all.as_str(), "", "plain", "\"", "a\u{1}b"] {
+            let mut out = String::new();
+            push_json_str(&mut out, s);
+            assert_eq!(Some(out), serde_json::to_string(s).ok(), "{s:?}");
+        }
     }
 
     #[test]
