@@ -53,6 +53,7 @@ impl Store {
         let (k, v) = item?;
         let idx = (id - keys::trailing_u64(&k)) as usize; // first <= id by the range
         match Entry::of(&v) {
+            Entry::At(p) if idx >= p.events as usize => Ok(None), // past the record: not an event id
             Entry::At(p) => self.inner.segments.read_event(&p, idx),
             Entry::Inline(bytes) => {
                 let mut record: LogRecord = records::decode(&k, bytes)?;
