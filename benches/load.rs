@@ -489,11 +489,7 @@ async fn backlog(events: u64) -> Res<()> {
         done as f64 / ingest_s,
         dir_bytes(&data) as f64 / 1048576.0
     );
-    let path = format!("/v1/tenants/bench/endpoints/{endpoint}");
-    let (s, b) = admin(daemon.addr, "PATCH", &path, r#"{"enabled":true}"#.into()).await?;
-    if s != 200 {
-        return Err(format!("enable endpoint: {s} {b}").into());
-    }
+    enable_endpoint(daemon.addr, &endpoint).await?;
     let received = sink.received.clone();
     let sampler = tokio::spawn(async move {
         loop {
@@ -586,16 +582,7 @@ async fn run(opts: Opts) -> Res<()> {
             .await
             .map_err(|e| format!("create endpoint: {e}"))?;
         ingest_backlog(daemon.addr, backlog, "ticket.created").await?;
-        let (s, b) = admin(
-            daemon.addr,
-            "PATCH",
-            &format!("/v1/tenants/bench/endpoints/{endpoint}"),
-            r#"{"enabled":true}"#.into(),
-        )
-        .await?;
-        if s != 200 {
-            return Err(format!("enable endpoint: {s} {b}").into());
-        }
+        enable_endpoint(daemon.addr, &endpoint).await?;
         let (delivered, rate) =
             drain(&sink, backlog, Duration::from_secs(if opts.quick { 30 } else { 180 })).await;
         println!(
@@ -620,11 +607,7 @@ async fn run(opts: Opts) -> Res<()> {
         let batch_ep =
             serde_json::from_str::<serde_json::Value>(&b)?["id"].as_str().unwrap_or_default().to_owned();
         ingest_backlog(daemon.addr, batched_backlog, "order.created").await?;
-        let path = format!("/v1/tenants/bench/endpoints/{batch_ep}");
-        let (s, b) = admin(daemon.addr, "PATCH", &path, r#"{"enabled":true}"#.into()).await?;
-        if s != 200 {
-            return Err(format!("enable batch endpoint: {s} {b}").into());
-        }
+        enable_endpoint(daemon.addr, &batch_ep).await?;
         let limit = Duration::from_secs(if opts.quick { 30 } else { 180 });
         let (delivered, rate) = drain(&sink, batched_backlog, limit).await;
         println!(
@@ -739,6 +722,15 @@ async fn ingest_backlog(addr: SocketAddr, events: u64, event_type: &str) -> Res<
             return Err(format!("backlog ingest: {}", resp.status()).into());
         }
         let _ = resp.into_body().collect().await;
+    }
+    Ok(())
+}
+
+async fn enable_endpoint(addr: SocketAddr, id: &str) -> Res<()> {
+    let path = format!("/v1/tenants/bench/endpoints/{id}");
+    let (s, b) = admin(addr, "PATCH", &path, r#"{"enabled":true}"#.into()).await?;
+    if s != 200 {
+        return Err(format!("enable endpoint {id}: {s} {b}").into());
     }
     Ok(())
 }
