@@ -246,6 +246,16 @@ fn ingest_parsing(c: &mut Criterion) {
     g.bench_function("parse_batch_of_100", |b| {
         b.iter(|| hookd::ingest::parse_batch(black_box(batch.as_bytes()), 1000).is_ok())
     });
+    // Parsed, validated and routed (one matching endpoint): what a batch costs before the committer.
+    let mut reg = Registry::default();
+    reg.put_endpoint(endpoint(1, vec!["ticket.created".into()], vec![]));
+    g.bench_function("parse_and_prepare_batch_of_100", |b| {
+        b.iter(|| {
+            hookd::ingest::parse_batch(black_box(batch.as_bytes()), 1000)
+                .and_then(|parsed| hookd::ingest::prepare_batch(&reg, 1, parsed))
+                .is_ok()
+        })
+    });
     g.finish();
 }
 
