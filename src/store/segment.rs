@@ -389,15 +389,6 @@ impl SegmentLog {
         }
         Ok(total)
     }
-
-    /// Makes what was appended durable (a no-op in `os` mode, and after `append` in `fsync` mode,
-    /// which syncs itself; here for a graceful stop).
-    pub fn sync(&self) -> Result<(), StoreError> {
-        if self.mode == Durability::Fsync {
-            lock(&self.writer).file.sync_data()?;
-        }
-        Ok(())
-    }
 }
 
 /// The numbers of the segment files in `dir`, ascending.
