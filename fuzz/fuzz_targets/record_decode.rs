@@ -9,9 +9,13 @@ fuzz_target!(|data: &[u8]| {
     let _ = hookd::store::records::decode::<hookd::model::AttemptRecord>(b"fuzz", data);
     // A segment frame: its header and CRC, then its body (also fed directly, as a frame that passed
     // its CRC but was written wrong would be).
-    if let Some((_, body)) = hookd::store::segment::check_frame(data) {
-        let _ = hookd::store::segment::decode_body(body, None);
+    use hookd::model::{AttemptRecord, EventRecord};
+    use hookd::store::segment::{check_frame, decode_body};
+    if let Some((_, body)) = check_frame(data) {
+        let _ = decode_body::<EventRecord>(body, None);
+        let _ = decode_body::<AttemptRecord>(body, None);
     }
-    let _ = hookd::store::segment::decode_body(data, None);
-    let _ = hookd::store::segment::decode_body(data, Some(3));
+    let _ = decode_body::<EventRecord>(data, None);
+    let _ = decode_body::<EventRecord>(data, Some(3));
+    let _ = decode_body::<AttemptRecord>(data, Some(1));
 });

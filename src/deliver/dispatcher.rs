@@ -75,7 +75,6 @@ struct ManualRequest {
 /// A finished attempt.
 struct Done {
     job: Job,
-    attempt_id: u64,
     attempt: AttemptRecord,
     verdict: Verdict,
     /// Every event it carried is an operational one (`hookd.…`).
@@ -622,11 +621,10 @@ impl Dispatcher {
             now,
         );
         let client = self.shared.client.clone();
-        let attempt_id = self.shared.ids.next();
         // One span per attempt: the client's and the classifier's logs say which delivery they are about.
+        // (Its attempt id is taken when it is recorded: see `finish`.)
         let span = tracing::info_span!(
             "attempt",
-            id = %crate::ids::AttemptId(attempt_id),
             endpoint = %EndpointId(self.endpoint),
             webhook_id = %webhook_text(webhook_id, batch_id),
             number = attempt_number,
@@ -641,7 +639,7 @@ impl Dispatcher {
                     duration_ms = attempt.duration_ms,
                     "attempt finished"
                 );
-                Done { job, attempt_id, attempt, verdict, operational }
+                Done { job, attempt, verdict, operational }
             }
             .instrument(span),
         );
@@ -668,15 +666,19 @@ impl Dispatcher {
 
     /// Records finished attempts and decides what comes next for each delivery, in one store write;
     /// then answers re-sends, updates the statistics, and disables or notifies as they call for.
+    ///
+    /// The attempts get their ids here, one block for all of them: consecutive ids let the store keep
+    /// them as one run (one frame, two index keys), and an attempt's id is when it was recorded.
     fn finish(&mut self, finished: Vec<Done>, entry: &EndpointEntry) {
         let now = crate::time::now_ms();
         let policy = entry.record.retry;
+        let first_id = self.shared.ids.next_block(finished.len() as u64);
         let mut outcomes = Vec::with_capacity(finished.len());
         let mut after = Vec::with_capacity(finished.len());
-        for done in finished {
+        for (attempt_id, done) in (first_id..).zip(finished) {
             let (change, consequences) =
-                self.outcome(done.job, &done.verdict, done.attempt_id, &done.attempt, &policy, now);
-            outcomes.push((done.attempt_id, done.attempt, change));
+                self.outcome(done.job, &done.verdict, attempt_id, &done.attempt, &policy, now);
+            outcomes.push((attempt_id, done.attempt, change));
             after.push((consequences, done.operational));
         }
         let moved = self.advance_cursor();

@@ -327,9 +327,9 @@ fn write_group(
             cut(chunk, &mut committed);
         }
     }
-    let appends: Vec<Append<'_>> = committed
+    let appends: Vec<Append<'_, _>> = committed
         .iter()
-        .map(|c| Append { tenant: c.tenant, first_id: c.first_id, record: &c.record })
+        .map(|c| Append { tenant: c.tenant, first_id: c.first_id, items: &c.record.events })
         .collect();
     let (pointers, written_up_to) = store.inner.segments.append(&appends)?;
     for (c, p) in committed.iter().zip(&pointers) {

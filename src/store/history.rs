@@ -1,8 +1,18 @@
 //! Delivery state and attempt history: cursors, delivery records, the retry queue, attempts and their
 //! indexes, batch ranges, and per-endpoint statistics.
 //!
+//! # Attempt records
+//! The attempts of one endpoint that finish together are recorded together: their ids are consecutive
+//! (the dispatcher takes a block of ids when it records them, so an id is the time an attempt was
+//! recorded), their records are one frame in the history segments ([`super::segment::Attempts`]), and
+//! sled holds one `A` T first-id entry (a pointer to the frame) and one `a` E first-id entry (the count)
+//! for the run, plus the per-attempt `v` and `x` index entries. A run holds at most [`MAX_RUN`]
+//! attempts, so the run an id is in starts at most `MAX_RUN - 1` ids before it. Stores written before
+//! runs existed hold one record per `A` key inline; both are read.
+//!
 //! # History queries
-//! Attempt ids come from the id clock (`unix_µs << 12`), so a time window is a key range. A query is
+//! Attempt ids come from the id clock (`unix_µs << 12`), so a time window is a key range (widened by
+//! [`MAX_RECORDING_DELAY`] at its end, as an attempt is recorded after it was sent). A query is
 //! answered from the narrowest source that covers it, never by reading every attempt:
 //! - an event: its webhook ids (the event id, and the batch ids that carried it) through the `v` index —
 //!   a handful of keys;
@@ -16,7 +26,9 @@
 
 use std::cmp::Reverse;
 
+use super::log::Entry;
 use super::records;
+use super::segment::Append;
 use super::{Store, StoreError, keys};
 use crate::model::{AttemptRecord, DeliveryRecord, DeliveryState, EndpointStatsRecord};
 
@@ -28,6 +40,20 @@ pub enum DeliveryChange {
     Unchanged,
     /// Store the delivery's new state; move its retry-queue entry from `old_due` to `new_due`.
     Put { webhook_id: u64, record: DeliveryRecord, old_due: Option<u64>, new_due: Option<u64> },
+}
+
+/// At most this many attempts are one run (one frame, one `A` and one `a` entry).
+pub const MAX_RUN: usize = 64;
+/// An attempt is recorded at most this long after it was sent (the longest delivery timeout is 2
+/// minutes): the `l` index covers a time window's end this far.
+pub const MAX_RECORDING_DELAY_MS: u64 = 10 * 60 * 1000;
+/// An attempt recorded more than this after it was sent is "late": it gets an `l` index entry, and a
+/// time window's end is widened only by this much in the other sources.
+pub const LATE_MS: u64 = 1_000;
+
+/// Whether an attempt recorded under `id` was recorded more than [`LATE_MS`] after it was sent.
+fn is_late(id: u64, a: &AttemptRecord) -> bool {
+    (id >> 12) / 1000 > a.sent_at.saturating_add(LATE_MS)
 }
 
 /// Everything one attempt changes, written as one atomic sled batch.
@@ -119,11 +145,16 @@ impl AttemptFilter {
             && self.text.as_deref().is_none_or(|t| text_matches(a, t))
     }
 
-    /// The attempt-id range of the time window: ids are `unix_µs << 12`.
+    /// The attempt-id range of the time window: ids are `unix_µs << 12` of when the attempt was
+    /// recorded, which is after it was sent and at most [`MAX_RECORDING_DELAY_MS`] later.
     fn id_range(&self) -> (u64, u64) {
-        let lo = self.since_ms.map_or(0, id_floor);
-        let hi = self.until_ms.map_or(u64::MAX, |u| id_floor(u.saturating_add(1)).saturating_sub(1));
-        (lo, hi)
+        (self.since_ms.map_or(0, id_floor), self.recorded_by(MAX_RECORDING_DELAY_MS))
+    }
+
+    /// The largest id an attempt sent by `until` and recorded at most `delay_ms` later can have.
+    fn recorded_by(&self, delay_ms: u64) -> u64 {
+        self.until_ms
+            .map_or(u64::MAX, |u| id_floor(u.saturating_add(delay_ms).saturating_add(1)).saturating_sub(1))
     }
 }
 
@@ -176,14 +207,60 @@ impl Store {
         self.write_attempt_outcomes(std::slice::from_ref(w))
     }
 
-    /// Several outcomes (of one endpoint's attempts that finished together) as one atomic sled batch:
-    /// sled's cost is per write, so a dispatcher that finishes many attempts at once pays once.
+    /// Several outcomes (of one endpoint's attempts that finished together): their records appended to
+    /// the history segments, then everything else as one atomic sled batch. Attempts of one tenant and
+    /// endpoint with consecutive ids form runs (see the module docs); sled's cost is per key, so a
+    /// dispatcher that records many attempts at once pays little per attempt.
+    ///
+    /// A crash between the append and the sled batch leaves a frame nothing points to (the attempts are
+    /// made again); the frame is synced before sled is flushed ([`Store::sync`]).
     pub fn write_attempt_outcomes(&self, writes: &[AttemptOutcomeWrite<'_>]) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        for w in writes {
-            add_outcome(&mut batch, w)?;
+        let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
+        for (i, w) in writes.iter().enumerate() {
+            match runs.last_mut() {
+                Some(run)
+                    if run.len() < MAX_RUN
+                        && writes[run.end - 1].tenant == w.tenant
+                        && writes[run.end - 1].endpoint == w.endpoint
+                        && writes[run.end - 1].attempt_id.checked_add(1) == Some(w.attempt_id) =>
+                {
+                    run.end = i + 1
+                }
+                _ => runs.push(i..i + 1),
+            }
         }
-        self.inner.state.apply_batch(batch)?;
+        let items: Vec<&AttemptRecord> = writes.iter().map(|w| w.attempt).collect();
+        let appends: Vec<Append<'_, &AttemptRecord>> = runs
+            .iter()
+            .map(|r| Append {
+                tenant: writes[r.start].tenant,
+                first_id: writes[r.start].attempt_id,
+                items: &items[r.clone()],
+            })
+            .collect();
+        let history = &self.inner.history;
+        let (pointers, _) = history.append(&appends)?;
+        // Counted before the index points into them, so that retention cannot delete a segment this
+        // write is about to point into; given back if the write fails.
+        history.add_refs(pointers.iter().map(|p| p.segment));
+        let mut batch = sled::Batch::default();
+        let indexed = (|| {
+            for (run, p) in runs.iter().zip(&pointers) {
+                let first = &writes[run.start];
+                batch.insert(&keys::two(keys::ATTEMPT, first.tenant, first.attempt_id), &p.encode());
+                let count = (run.len() as u32).to_be_bytes();
+                batch.insert(&keys::two(keys::ATTEMPT_BY_ENDPOINT, first.endpoint, first.attempt_id), &count);
+            }
+            for w in writes {
+                add_outcome(&mut batch, w)?;
+            }
+            self.inner.state.apply_batch(batch)?;
+            Ok(())
+        })();
+        if let Err(e) = indexed {
+            history.release(pointers.iter().map(|p| p.segment));
+            return Err(e);
+        }
         self.mark_state_dirty();
         Ok(())
     }
@@ -335,9 +412,58 @@ impl Store {
         Ok(())
     }
 
+    /// One attempt, by id: found in the run that starts at or before it.
     pub fn attempt(&self, tenant: u64, id: u64) -> Result<Option<AttemptRecord>, StoreError> {
-        let k = keys::two(keys::ATTEMPT, tenant, id);
-        self.inner.state.get(k)?.map(|v| records::decode(&k, &v)).transpose()
+        let lo = keys::two(keys::ATTEMPT, tenant, id.saturating_sub(MAX_RUN as u64 - 1));
+        let hi = keys::two(keys::ATTEMPT, tenant, id);
+        let Some(item) = self.inner.state.range(lo..=hi).next_back() else { return Ok(None) };
+        let (k, v) = item?;
+        let index = id - keys::trailing_u64(&k); // first <= id by the range
+        match Entry::of(&v) {
+            Entry::At(p) if index < u64::from(p.events) => self.inner.history.read_one(&p, index as usize),
+            Entry::At(_) => Ok(None),
+            Entry::Inline(bytes) if index == 0 => records::decode(&k, bytes).map(Some),
+            Entry::Inline(_) => Ok(None),
+        }
+    }
+
+    /// The attempts of the run an `A` entry holds, with their ids (empty when its segment is gone).
+    pub(super) fn run(&self, key: &[u8], value: &[u8]) -> Result<Vec<(u64, AttemptRecord)>, StoreError> {
+        let first = keys::trailing_u64(key);
+        let records = match Entry::of(value) {
+            Entry::At(p) => self.inner.history.read(&p)?.unwrap_or_default(),
+            Entry::Inline(bytes) => vec![records::decode(key, bytes)?],
+        };
+        Ok((first..).zip(records).collect())
+    }
+
+    /// How many attempts the run an `A` entry holds, without reading it.
+    pub(super) fn run_len(value: &[u8]) -> u64 {
+        match Entry::of(value) {
+            Entry::At(p) => u64::from(p.events),
+            Entry::Inline(_) => 1,
+        }
+    }
+
+    /// The attempts with ids in `lo..=hi` of the run under an `A` entry, in the given order.
+    fn run_in(
+        &self,
+        item: sled::Result<(sled::IVec, sled::IVec)>,
+        lo: u64,
+        hi: u64,
+        ascending: bool,
+    ) -> Vec<Result<(u64, AttemptRecord), StoreError>> {
+        let run = item.map_err(StoreError::from).and_then(|(k, v)| self.run(&k, &v));
+        match run {
+            Ok(mut run) => {
+                run.retain(|(id, _)| (lo..=hi).contains(id));
+                if !ascending {
+                    run.reverse();
+                }
+                run.into_iter().map(Ok).collect()
+            }
+            Err(e) => vec![Err(e)],
+        }
     }
 
     /// A page of a tenant's attempts in `filter.sort`'s order, after `after` when given.
@@ -446,6 +572,47 @@ impl Store {
         hi: u64,
         ascending: bool,
     ) -> Result<Entries<'a>, StoreError> {
+        // The sources cover ids up to `main_hi`; above it, up to `hi`, only late attempts can be in the
+        // window, and the `l` index has them.
+        let main_hi = hi.min(filter.recorded_by(LATE_MS));
+        let late: Entries<'a> = if main_hi < hi && filter.webhooks.is_none() {
+            let (endpoint, failed_only) = (filter.endpoint, filter.succeeded == Some(false));
+            let range = keys::two(keys::LATE_ATTEMPT, tenant, main_hi + 1)
+                ..=keys::two(keys::LATE_ATTEMPT, tenant, hi);
+            Box::new(ordered(self.inner.state.range(range), ascending).filter_map(move |item| {
+                let (k, v) = match item {
+                    Ok(kv) => kv,
+                    Err(e) => return Some(Err(e.into())),
+                };
+                if endpoint.is_some_and(|e| e != keys::u64_at(&v, 0)) || (failed_only && v.get(8) != Some(&0))
+                {
+                    return None;
+                }
+                let id = keys::trailing_u64(&k);
+                self.attempt(tenant, id).transpose().map(|r| r.map(|a| (id, a)))
+            }))
+        } else {
+            Box::new(std::iter::empty())
+        };
+        let main = self.main_entries(
+            tenant,
+            filter,
+            lo,
+            if filter.webhooks.is_some() { hi } else { main_hi },
+            ascending,
+        )?;
+        Ok(if ascending { Box::new(main.chain(late)) } else { Box::new(late.chain(main)) })
+    }
+
+    /// [`Store::entries`] from the narrowest source, up to `hi`.
+    fn main_entries<'a>(
+        &'a self,
+        tenant: u64,
+        filter: &AttemptFilter,
+        lo: u64,
+        hi: u64,
+        ascending: bool,
+    ) -> Result<Entries<'a>, StoreError> {
         let source = match (&filter.webhooks, filter.succeeded, filter.endpoint) {
             (Some(w), _, _) => Source::Webhooks(w.clone()),
             (None, Some(false), _) => Source::Failed,
@@ -453,15 +620,6 @@ impl Store {
             (None, _, None) => Source::Tenant,
         };
         let state = &self.inner.state;
-        fn ordered<'a, I>(
-            it: I,
-            ascending: bool,
-        ) -> Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>> + 'a>
-        where
-            I: DoubleEndedIterator<Item = sled::Result<(sled::IVec, sled::IVec)>> + 'a,
-        {
-            if ascending { Box::new(it) } else { Box::new(it.rev()) }
-        }
         Ok(match source {
             Source::Webhooks(webhooks) => {
                 let mut ids = Vec::new();
@@ -501,26 +659,43 @@ impl Store {
                     self.attempt(tenant, id).transpose().map(|r| r.map(|a| (id, a)))
                 }))
             }
+            // Runs: the first one that can hold `lo` starts up to MAX_RUN - 1 ids before it.
             Source::Endpoint(endpoint) => {
-                let range = keys::two(keys::ATTEMPT_BY_ENDPOINT, endpoint, lo)
+                let from = lo.saturating_sub(MAX_RUN as u64 - 1);
+                let range = keys::two(keys::ATTEMPT_BY_ENDPOINT, endpoint, from)
                     ..=keys::two(keys::ATTEMPT_BY_ENDPOINT, endpoint, hi);
-                Box::new(ordered(state.range(range), ascending).filter_map(move |item| {
-                    let (k, _) = match item {
-                        Ok(kv) => kv,
-                        Err(e) => return Some(Err(e.into())),
-                    };
-                    let id = keys::trailing_u64(&k);
-                    self.attempt(tenant, id).transpose().map(|r| r.map(|a| (id, a)))
+                Box::new(ordered(state.range(range), ascending).flat_map(move |item| {
+                    let run = item.and_then(|(k, _)| {
+                        let key = keys::two(keys::ATTEMPT, tenant, keys::trailing_u64(&k));
+                        Ok(state.get(key)?.map(|v| (sled::IVec::from(&key[..]), v)))
+                    });
+                    match run.transpose() {
+                        Some(item) => self.run_in(item, lo, hi, ascending),
+                        None => Vec::new(), // purged meanwhile
+                    }
                 }))
             }
             Source::Tenant => {
-                let range = keys::two(keys::ATTEMPT, tenant, lo)..=keys::two(keys::ATTEMPT, tenant, hi);
-                Box::new(ordered(state.range(range), ascending).map(|item| {
-                    let (k, v) = item?;
-                    Ok((keys::trailing_u64(&k), records::decode(&k, &v)?))
-                }))
+                let from = lo.saturating_sub(MAX_RUN as u64 - 1);
+                let range = keys::two(keys::ATTEMPT, tenant, from)..=keys::two(keys::ATTEMPT, tenant, hi);
+                Box::new(
+                    ordered(state.range(range), ascending)
+                        .flat_map(move |item| self.run_in(item, lo, hi, ascending)),
+                )
             }
         })
+    }
+
+    /// At open: counts the `A` index's pointers per history segment, and deletes the segments nothing
+    /// points into (frames of attempts whose index write a crash prevented, purged runs).
+    pub(super) fn count_history_refs(&self) -> Result<(), StoreError> {
+        for item in self.inner.state.scan_prefix([keys::ATTEMPT]).values() {
+            if let Entry::At(p) = Entry::of(&item?) {
+                self.inner.history.add_refs([p.segment]);
+            }
+        }
+        self.inner.history.collect()?;
+        Ok(())
     }
 
     /// Builds the `v` and `x` indexes for attempts stored before they existed (once per store).
@@ -535,7 +710,9 @@ impl Store {
             let (k, v) = item?;
             let tenant = keys::u64_at(&k, 1);
             let id = keys::trailing_u64(&k);
-            let a: AttemptRecord = records::decode(&k, &v)?;
+            // Runs in segments were written with their indexes, by a binary that had them.
+            let Entry::Inline(bytes) = Entry::of(&v) else { continue };
+            let a: AttemptRecord = records::decode(&k, bytes)?;
             add_indexes(&mut batch, tenant, id, &a);
             n += 1;
             if n % 10_000 == 0 {
@@ -557,12 +734,38 @@ fn add_indexes(batch: &mut sled::Batch, tenant: u64, attempt_id: u64, a: &Attemp
     if !a.succeeded {
         batch.insert(&keys::two(keys::FAILED_ATTEMPT, tenant, attempt_id), &endpoint);
     }
+    if is_late(attempt_id, a) {
+        let mut v = [0u8; 9];
+        v[..8].copy_from_slice(&endpoint);
+        v[8] = u8::from(a.succeeded);
+        batch.insert(&keys::two(keys::LATE_ATTEMPT, tenant, attempt_id), &v);
+    }
 }
 
-/// Adds what one attempt changes to a sled batch.
+/// The index entries [`add_indexes`] wrote for an attempt, for retention.
+pub(super) fn index_keys(tenant: u64, attempt_id: u64, a: &AttemptRecord) -> Vec<Vec<u8>> {
+    let mut out = vec![keys::three(keys::ATTEMPT_BY_WEBHOOK, tenant, a.webhook_id, attempt_id).to_vec()];
+    if !a.succeeded {
+        out.push(keys::two(keys::FAILED_ATTEMPT, tenant, attempt_id).to_vec());
+    }
+    if is_late(attempt_id, a) {
+        out.push(keys::two(keys::LATE_ATTEMPT, tenant, attempt_id).to_vec());
+    }
+    out
+}
+
+fn ordered<'a, I>(
+    it: I,
+    ascending: bool,
+) -> Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>> + 'a>
+where
+    I: DoubleEndedIterator<Item = sled::Result<(sled::IVec, sled::IVec)>> + 'a,
+{
+    if ascending { Box::new(it) } else { Box::new(it.rev()) }
+}
+
+/// Adds what one attempt changes, beside its run's entries, to a sled batch.
 fn add_outcome(batch: &mut sled::Batch, w: &AttemptOutcomeWrite<'_>) -> Result<(), StoreError> {
-    batch.insert(&keys::two(keys::ATTEMPT, w.tenant, w.attempt_id), records::encode(w.attempt)?);
-    batch.insert(&keys::two(keys::ATTEMPT_BY_ENDPOINT, w.endpoint, w.attempt_id), &[]);
     add_indexes(batch, w.tenant, w.attempt_id, w.attempt);
     // A batch's first attempt records the run of events it carries, so that an event finds its batch.
     if w.attempt.batch
@@ -694,11 +897,12 @@ mod tests {
         let (target, rec) = &all[12_345];
         let f = AttemptFilter { webhooks: Some(vec![(rec.webhook_id, None)]), ..Default::default() };
         assert_eq!(page(&store, &f, 50), (vec![*target], 1));
-        // A time window is a key range: 100 ms of history, 100 attempts read.
+        // A time window is a key range: 100 ms of history, and the LATE_MS after it (an attempt is
+        // recorded after it was sent), 1,100 attempts read.
         let f =
             AttemptFilter { since_ms: Some(T0 + 30_000), until_ms: Some(T0 + 30_099), ..Default::default() };
         let (ids, examined) = page(&store, &f, 250);
-        assert_eq!((ids.len(), examined), (100, 100));
+        assert_eq!((ids.len(), examined), (100, 100 + LATE_MS as usize));
         assert_eq!(ids, brute(&all, |a| (T0 + 30_000..=T0 + 30_099).contains(&a.sent_at), 250));
         // Sorted by duration over a window of 1,000: the window and the page are read, no more.
         let f = AttemptFilter {
@@ -709,7 +913,7 @@ mod tests {
         };
         let ((items, next), examined) =
             store.list_attempts_counted(TENANT, &f, None, 20).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(examined, 1000 + 20);
+        assert_eq!(examined, 1000 + LATE_MS as usize + 20);
         assert!(items.windows(2).all(|w| w[0].1.duration_ms >= w[1].1.duration_ms));
         assert_eq!(items[0].1.duration_ms, 250);
         let ((rest, _), _) =
@@ -737,5 +941,173 @@ mod tests {
             store.list_attempts_counted(TENANT, &f, None, 5).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(items[0].1.status_code, Some(200));
         const { assert!(MAX_SORT_WINDOW > 3_000, "this history fits the window") };
+    }
+
+    fn outcome<'a>(id: u64, a: &'a AttemptRecord) -> AttemptOutcomeWrite<'a> {
+        AttemptOutcomeWrite {
+            tenant: TENANT,
+            endpoint: a.endpoint_id,
+            attempt_id: id,
+            attempt: a,
+            delivery: &DeliveryChange::Unchanged,
+            cursor: None,
+        }
+    }
+
+    /// Attempts as the dispatcher records them: consecutive ids taken when they finished, `delay_ms`
+    /// after they were sent.
+    fn recorded(first: u64, n: u64, delay_ms: u64, endpoint: u64) -> Vec<(u64, AttemptRecord)> {
+        (0..n)
+            .map(|i| {
+                let (_, mut a) = attempt(i);
+                a.endpoint_id = endpoint;
+                a.webhook_id = 1_000_000 + first + i;
+                a.sent_at = (first >> 12) / 1000 - delay_ms;
+                a.succeeded = i % 3 != 0;
+                (first + i, a)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn runs_of_consecutive_ids_are_one_record_and_read_back_one_by_one() {
+        let (_dir, store, _) = history(0);
+        let base = id_floor(T0);
+        // Two runs of one endpoint (a full one and the rest), then one of another endpoint.
+        let mut all = recorded(base, MAX_RUN as u64 + 6, 5, GOOD);
+        all.extend(recorded(base + MAX_RUN as u64 + 6, 3, 5, RARE));
+        let writes: Vec<_> = all.iter().map(|(id, a)| outcome(*id, a)).collect();
+        store.write_attempt_outcomes(&writes).unwrap_or_else(|e| panic!("{e}"));
+        let runs: Vec<(u64, u64)> = store
+            .inner
+            .state
+            .scan_prefix([keys::ATTEMPT])
+            .map(|r| r.map(|(k, v)| (keys::trailing_u64(&k) - base, Store::run_len(&v))).unwrap_or_default())
+            .collect();
+        assert_eq!(runs, [(0, MAX_RUN as u64), (MAX_RUN as u64, 6), (MAX_RUN as u64 + 6, 3)]);
+        for (id, a) in &all {
+            assert_eq!(store.attempt(TENANT, *id).unwrap_or_default().as_ref(), Some(a));
+        }
+        let past = base + all.len() as u64;
+        assert_eq!(store.attempt(TENANT, past).unwrap_or_default(), None, "past the last run");
+        assert_eq!(store.attempt(TENANT, base - 1).unwrap_or_default(), None, "before the first");
+        assert_eq!(store.max_id_in_use().unwrap_or(0), past - 1);
+
+        // Every source, both orders, pages that end inside a run: the same as reading everything.
+        let filters = [
+            AttemptFilter::default(),
+            AttemptFilter { endpoint: Some(GOOD), ..Default::default() },
+            AttemptFilter { succeeded: Some(false), ..Default::default() },
+            AttemptFilter { webhooks: Some(vec![(all[70].1.webhook_id, None)]), ..Default::default() },
+        ];
+        for f in filters {
+            for sort in [AttemptSort::SentAtDesc, AttemptSort::SentAtAsc] {
+                let f = AttemptFilter { sort, ..f.clone() };
+                let mut got = Vec::new();
+                let mut after = None;
+                loop {
+                    let (items, next) =
+                        store.list_attempts(TENANT, &f, after, 7).unwrap_or_else(|e| panic!("{e}"));
+                    got.extend(items.into_iter().map(|(id, _)| id));
+                    match next {
+                        Some(c) => after = Some(c),
+                        None => break,
+                    }
+                }
+                let mut expected: Vec<u64> = all
+                    .iter()
+                    .filter(|(_, a)| f.keeps(a))
+                    .filter(|(_, a)| f.webhooks.as_ref().is_none_or(|w| w[0].0 == a.webhook_id))
+                    .map(|(id, _)| *id)
+                    .collect();
+                if sort == AttemptSort::SentAtDesc {
+                    expected.reverse();
+                }
+                assert_eq!(got, expected, "{f:?}");
+            }
+        }
+        // A window that starts inside a run.
+        let from = all[10].1.sent_at;
+        let f = AttemptFilter { since_ms: Some(from), ..Default::default() };
+        assert_eq!(page(&store, &f, 1000).0.len(), all.len(), "every attempt was sent at the same ms");
+    }
+
+    #[test]
+    fn attempts_recorded_long_after_they_were_sent_stay_in_their_window() {
+        let (_dir, store, _) = history(0);
+        // Sent at T0 + 1 s; one answered at once, one after a 90 s timeout.
+        let quick = recorded(id_floor(T0 + 1_002), 1, 2, GOOD);
+        let slow = recorded(id_floor(T0 + 91_000), 1, 90_000, RARE);
+        assert_eq!((quick[0].1.sent_at, slow[0].1.sent_at), (T0 + 1_000, T0 + 1_000));
+        for (id, a) in quick.iter().chain(&slow) {
+            store.write_attempt_outcome(&outcome(*id, a)).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let window = |since: u64, until: u64, endpoint: Option<u64>, sort: AttemptSort| AttemptFilter {
+            since_ms: Some(since),
+            until_ms: Some(until),
+            endpoint,
+            sort,
+            ..Default::default()
+        };
+        for sort in
+            [AttemptSort::SentAtDesc, AttemptSort::SentAtAsc, AttemptSort::DurationMs { descending: true }]
+        {
+            let (ids, _) = page(&store, &window(T0, T0 + 1_000, None, sort), 10);
+            let mut expected = vec![quick[0].0, slow[0].0];
+            if sort != AttemptSort::SentAtAsc {
+                expected.reverse();
+            }
+            if let AttemptSort::DurationMs { .. } = sort {
+                expected.sort_by_key(|id| {
+                    Reverse(if *id == slow[0].0 { slow[0].1.duration_ms } else { quick[0].1.duration_ms })
+                });
+            }
+            assert_eq!(ids, expected, "{sort:?}");
+        }
+        let (ids, _) = page(&store, &window(T0, T0 + 1_000, Some(RARE), AttemptSort::SentAtDesc), 10);
+        assert_eq!(ids, [slow[0].0], "the late index knows the endpoint");
+        // Sent after the window: both are read (one within LATE_MS of its end, one from the late index),
+        // neither is shown.
+        let (ids, examined) = page(&store, &window(T0, T0 + 999, None, AttemptSort::SentAtDesc), 10);
+        assert_eq!((ids, examined), (vec![], 2));
+        let (_, examined) = page(&store, &window(T0, T0 + 1, Some(GOOD), AttemptSort::SentAtDesc), 10);
+        assert_eq!(
+            examined, 0,
+            "the late attempt is another endpoint's; the quick one was recorded too late"
+        );
+        let (ids, _) = page(&store, &window(T0 + 1_001, T0 + 200_000, None, AttemptSort::SentAtDesc), 10);
+        assert_eq!(ids, Vec::<u64>::new(), "recorded in the window, but sent before it");
+    }
+
+    #[test]
+    fn purged_runs_take_their_index_entries_and_history_segments_with_them() {
+        let (_dir, store, _) = history(0);
+        let old = recorded(id_floor(T0), 10, 5_000, GOOD);
+        for w in old.iter().map(|(id, a)| outcome(*id, a)).collect::<Vec<_>>().chunks(10) {
+            store.write_attempt_outcomes(w).unwrap_or_else(|e| panic!("{e}"));
+        }
+        store.inner.history.rotate_now().unwrap_or_else(|e| panic!("{e}"));
+        let new = recorded(id_floor(T0 + 60_000), 4, 5, GOOD);
+        let writes: Vec<_> = new.iter().map(|(id, a)| outcome(*id, a)).collect();
+        store.write_attempt_outcomes(&writes).unwrap_or_else(|e| panic!("{e}"));
+        let dir = store.data_dir().join("history");
+        let files = || std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0);
+        assert_eq!(files(), 2);
+
+        let live = super::super::Live { endpoints: [(GOOD, TENANT)].into(), id_ceiling: u64::MAX };
+        let purged = store.purge(T0 + 30_000, &live).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((purged.attempts, purged.segments), (10, 1));
+        assert_eq!(files(), 1, "the old segment is deleted");
+        let left: Vec<u8> = ["A", "a", "v", "x", "l"]
+            .iter()
+            .map(|p| store.inner.state.scan_prefix(p.as_bytes()).count() as u8)
+            .collect();
+        // The new run: one A, one a, four v, two x (attempts 0 and 3 failed), no late one (the old
+        // run's late entries went with it).
+        assert_eq!(left, [1, 1, 4, 2, 0]);
+        for (id, a) in &new {
+            assert_eq!(store.attempt(TENANT, *id).unwrap_or_default().as_ref(), Some(a));
+        }
+        assert_eq!(store.attempt(TENANT, old[3].0).unwrap_or_default(), None);
     }
 }

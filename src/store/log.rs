@@ -54,7 +54,7 @@ impl Store {
         let idx = (id - keys::trailing_u64(&k)) as usize; // first <= id by the range
         match Entry::of(&v) {
             Entry::At(p) if idx >= p.events as usize => Ok(None), // past the record: not an event id
-            Entry::At(p) => self.inner.segments.read_event(&p, idx),
+            Entry::At(p) => self.inner.segments.read_one(&p, idx),
             Entry::Inline(bytes) => {
                 let mut record: LogRecord = records::decode(&k, bytes)?;
                 Ok((idx < record.events.len()).then(|| record.events.swap_remove(idx)))
@@ -65,7 +65,7 @@ impl Store {
     /// The record an index entry names (`None` when its segment is gone: purged meanwhile).
     pub(super) fn load(&self, key: &[u8], value: &[u8]) -> Result<Option<LogRecord>, StoreError> {
         match Entry::of(value) {
-            Entry::At(p) => self.inner.segments.read(&p),
+            Entry::At(p) => Ok(self.inner.segments.read(&p)?.map(|events| LogRecord { events })),
             Entry::Inline(bytes) => records::decode(key, bytes).map(Some),
         }
     }
@@ -181,7 +181,7 @@ impl Store {
         let (mut pending, mut replayed, mut position) = (0usize, 0u64, from);
         self.inner.segments.scan_from(from, |f| {
             batch.insert(&keys::two(keys::LOG, f.tenant, f.first_id), &f.pointer.encode());
-            for (i, ev) in f.record.events.iter().enumerate() {
+            for (i, ev) in f.items.iter().enumerate() {
                 if let Some(key) = &ev.idempotency_key {
                     let rec =
                         IdempotencyRecord { event_id: f.first_id + i as u64, received_at: ev.received_at };
@@ -221,7 +221,7 @@ impl Store {
 impl Store {
     /// Appends one record and indexes it, as the group committer does.
     pub(super) fn append_for_test(&self, tenant: u64, first_id: u64, record: &LogRecord) {
-        let append = super::segment::Append { tenant, first_id, record };
+        let append = super::segment::Append { tenant, first_id, items: &record.events };
         let (pointers, _) = self.inner.segments.append(&[append]).unwrap_or_else(|e| panic!("{e}"));
         self.inner
             .log
@@ -282,7 +282,7 @@ mod tests {
             let store = Store::open(&settings(dir.path())).unwrap_or_else(|e| panic!("{e}"));
             store.append_for_test(7, 100, &indexed);
             // Written and synced, but the crash came before its index entries reached sled.
-            let append = [Append { tenant: 7, first_id: 200, record: &lost }];
+            let append = [Append { tenant: 7, first_id: 200, items: &lost.events }];
             store.inner.segments.append(&append).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(store.event(7, 201).unwrap_or_default(), None);
         }

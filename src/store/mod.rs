@@ -1,5 +1,5 @@
 //! Storage: one sled database with three trees and versioned rmp-serde records, and the log's record
-//! bodies in append-only segment files ([`segment`]).
+//! bodies and the attempt records in append-only segment files ([`segment`]).
 //!
 //! # Trees and key layout
 //! All integers in keys are big-endian so that sled's byte order is numeric order. `T` is a tenant's
@@ -19,12 +19,13 @@
 //! | `state`  | `C` E                       | cursor: u64, every event ≤ it is handed off | dispatcher        |
 //! | `state`  | `D` E W                     | [`DeliveryRecord`] (not a first-try success) | dispatcher       |
 //! | `state`  | `Q` E D W                   | empty: the retry queue, ordered by due time | dispatcher        |
-//! | `state`  | `A` T A                     | [`AttemptRecord`]                       | dispatcher            |
-//! | `state`  | `a` E A                     | empty: attempts by endpoint             | dispatcher            |
+//! | `state`  | `A` T A                     | [`segment::Pointer`] to the run of attempts A, A+1, … (older stores: one [`AttemptRecord`] inline) | dispatcher |
+//! | `state`  | `a` E A                     | run length (u32; empty: 1): attempts by endpoint | dispatcher   |
 //! | `state`  | `b` E V                     | batch id (older stores; `B` replaces it) | —                    |
 //! | `state`  | `B` E V                     | last event ++ batch id: the batch of E whose events are V..=last | dispatcher |
 //! | `state`  | `v` T W A                   | endpoint id: attempts by webhook id     | dispatcher            |
 //! | `state`  | `x` T A                     | endpoint id: failed attempts            | dispatcher            |
+//! | `state`  | `l` T A                     | endpoint id ++ succeeded (u8): attempts recorded > 1 s after they were sent | dispatcher |
 //! | `state`  | `S` E                       | [`EndpointStatsRecord`]: counters for the stats API | dispatcher |
 //! | `state`  | `U` id                      | [`AuditRecord`]: one authenticated write | API (audit layer)    |
 //!
@@ -35,8 +36,11 @@
 //!   and idempotency keys follow in one sled batch; after a crash the frames the index lacks are
 //!   replayed into it ([`segment`]). A frame cut off half-way is dropped whole.
 //! - The payload is stored once, in the log, however many endpoints it matched.
-//! - The outcome of one attempt (attempt record, delivery state, retry-queue entry, cursor) is one sled
-//!   batch on `state`: after a crash it is either all there or not at all (then the attempt is redone).
+//! - The outcomes of attempts recorded together (index entries, delivery state, retry-queue entries,
+//!   cursor) are one sled batch on `state`, after their records were appended to the history
+//!   segments: after a crash it is either all there or not at all (then the attempts are redone, and
+//!   the appended frame is garbage nothing points to). The history segment is synced before sled is
+//!   flushed ([`Store::sync`]), so what sled has durably points to durable frames.
 //! - Event ids inside a log record are consecutive, so an event is found with one reverse range seek.
 //!
 //! # Record format
@@ -122,7 +126,9 @@ struct Inner {
     log: sled::Tree,
     state: sled::Tree,
     /// The bodies of the log's records; `log` holds pointers into them.
-    segments: segment::SegmentLog,
+    segments: segment::SegmentLog<segment::Events>,
+    /// The attempt history's records; `state` holds pointers into them.
+    history: segment::SegmentLog<segment::Attempts>,
     durability: durability::Syncer,
     data_dir: PathBuf,
     /// Set by delivery-state writes, cleared by [`Store::sync_if_dirty`]: attempt outcomes are made
@@ -147,6 +153,7 @@ impl Store {
         let state = db.open_tree("state")?;
         let durability = durability::Syncer::new(&settings.data_dir, settings.durability)?;
         let segments = segment::SegmentLog::open(&settings.data_dir, settings.durability)?;
+        let history = segment::SegmentLog::open(&settings.data_dir, settings.durability)?;
         let store = Store {
             inner: Arc::new(Inner {
                 db,
@@ -154,6 +161,7 @@ impl Store {
                 log,
                 state,
                 segments,
+                history,
                 durability,
                 data_dir: settings.data_dir.clone(),
                 state_dirty: Default::default(),
@@ -161,16 +169,19 @@ impl Store {
             }),
         };
         store.recover_log()?;
+        store.count_history_refs()?;
         store.seal_plaintext_secrets()?;
         store.index_history()?;
         store.sync()?;
         Ok(store)
     }
 
-    /// Makes everything written to sled so far durable as configured: sled's flush, then (in `fsync`
-    /// mode) a real `fdatasync` of its data file and any new blob files. The log's segments need
-    /// nothing here: every append is already as durable as the mode asks.
+    /// Makes everything written to sled so far durable as configured: the history segment first (sled
+    /// must not point into frames a power loss could take), then sled's flush, then (in `fsync` mode)
+    /// a real `fdatasync` of its data file and any new blob files. The log's segments need nothing
+    /// here: every append is already as durable as the mode asks.
     pub fn sync(&self) -> Result<(), StoreError> {
+        self.inner.history.sync()?;
         self.inner.db.flush()?;
         self.inner.durability.sync()
     }
@@ -191,14 +202,21 @@ impl Store {
     /// The largest id any stored record uses, to seed the id clock after a restart.
     pub fn max_id_in_use(&self) -> Result<u64, StoreError> {
         let mut max = 0u64;
-        for (prefix, tree) in [(keys::LOG, &self.inner.log), (keys::ATTEMPT, &self.inner.state)] {
-            // Keys are prefix ++ tenant ++ id: the last key of each tenant's range holds its largest id.
-            for tenant in self.tenant_serials()? {
-                let start = keys::tenant_prefix(prefix, tenant);
-                if let Some(item) = tree.scan_prefix(start).next_back() {
-                    let (k, _) = item?;
-                    max = max.max(keys::trailing_u64(&k));
-                }
+        // Keys are prefix ++ tenant ++ first id: the last key of each tenant's range holds its largest
+        // ids, the last of its run (events of a record, attempts of a run). Deleted tenants' records
+        // count too, until retention purges them.
+        for tenant in self.serials_with(&self.inner.log, keys::LOG)? {
+            if let Some(item) = self.inner.log.scan_prefix(keys::tenant_prefix(keys::LOG, tenant)).next_back()
+            {
+                let (k, v) = item?;
+                max = max.max(keys::trailing_u64(&k) + Store::entry_events(&k, &v)?.saturating_sub(1));
+            }
+        }
+        for tenant in self.serials_with(&self.inner.state, keys::ATTEMPT)? {
+            let attempts = keys::tenant_prefix(keys::ATTEMPT, tenant);
+            if let Some(item) = self.inner.state.scan_prefix(attempts).next_back() {
+                let (k, v) = item?;
+                max = max.max(keys::trailing_u64(&k) + Store::run_len(&v).saturating_sub(1));
             }
         }
         for item in self.inner.config.scan_prefix([keys::ENDPOINT]) {
@@ -230,7 +248,9 @@ impl Store {
 
     /// Bytes the database uses on disk.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
-        Ok(self.inner.db.size_on_disk()? + self.inner.segments.size_on_disk()?)
+        Ok(self.inner.db.size_on_disk()?
+            + self.inner.segments.size_on_disk()?
+            + self.inner.history.size_on_disk()?)
     }
 
     pub fn data_dir(&self) -> &Path {

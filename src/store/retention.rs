@@ -26,7 +26,7 @@ use super::history::id_floor;
 use super::log::Entry;
 use super::records;
 use super::{Store, StoreError, keys};
-use crate::model::{AttemptRecord, DeliveryRecord, DeliveryState};
+use crate::model::{DeliveryRecord, DeliveryState};
 
 /// Keys deleted per sled batch.
 pub const CHUNK: usize = 5_000;
@@ -42,7 +42,7 @@ pub struct Purged {
     pub audit_entries: u64,
     /// Keys of deleted endpoints (their cursor, queue, deliveries, statistics, indexes).
     pub orphaned_keys: u64,
-    /// Segment files deleted (no record in them is needed any more).
+    /// Segment files deleted, of the log and of the history (no record in them is needed any more).
     pub segments: u64,
 }
 
@@ -109,6 +109,7 @@ impl Store {
         for tenant in self.serials_with(&self.inner.state, keys::ATTEMPT)? {
             self.purge_attempts(tenant, cutoff_id, &mut purged)?;
         }
+        purged.segments += self.inner.history.collect()? as u64;
         let mut audit = Deleter::new(&self.inner.state);
         for item in self.inner.state.range(keys::one(keys::AUDIT, 0)..keys::one(keys::AUDIT, cutoff_id)) {
             let (k, _) = item?;
@@ -142,7 +143,7 @@ impl Store {
     }
 
     /// The serials (or endpoint ids) that have keys under `prefix`, found by seeking, not scanning.
-    fn serials_with(&self, tree: &sled::Tree, prefix: u8) -> Result<Vec<u64>, StoreError> {
+    pub(super) fn serials_with(&self, tree: &sled::Tree, prefix: u8) -> Result<Vec<u64>, StoreError> {
         let mut out = Vec::new();
         let mut from = 0u64;
         loop {
@@ -203,24 +204,40 @@ impl Store {
         del.flush()
     }
 
+    /// Runs of attempts that started before the cutoff (a run's ids are taken at one instant), with
+    /// their index entries; then the history segments nothing points into any more.
     fn purge_attempts(&self, tenant: u64, cutoff_id: u64, purged: &mut Purged) -> Result<(), StoreError> {
         let mut del = Deleter::new(&self.inner.state);
+        let mut released = Vec::new();
         let range = keys::two(keys::ATTEMPT, tenant, 0)..keys::two(keys::ATTEMPT, tenant, cutoff_id);
         for item in self.inner.state.range(range) {
             let (k, v) = item?;
-            let id = keys::trailing_u64(&k);
-            // An undecodable record still goes; its index entries are skipped by readers.
-            if let Ok(a) = records::decode::<AttemptRecord>(&k, &v) {
-                del.remove(&keys::two(keys::ATTEMPT_BY_ENDPOINT, a.endpoint_id, id))?;
-                del.remove(&keys::three(keys::ATTEMPT_BY_WEBHOOK, tenant, a.webhook_id, id))?;
-                if !a.succeeded {
-                    del.remove(&keys::two(keys::FAILED_ATTEMPT, tenant, id))?;
+            let first = keys::trailing_u64(&k);
+            // An unreadable run still goes; index entries left behind are skipped by readers.
+            match self.run(&k, &v) {
+                Ok(run) => {
+                    if let Some((_, a)) = run.first() {
+                        del.remove(&keys::two(keys::ATTEMPT_BY_ENDPOINT, a.endpoint_id, first))?;
+                    }
+                    for (id, a) in &run {
+                        for key in super::history::index_keys(tenant, *id, a) {
+                            del.remove(&key)?;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "retention: an unreadable attempt run goes without its index entries")
                 }
             }
             del.remove(&k)?;
-            purged.attempts += 1;
+            if let Entry::At(p) = Entry::of(&v) {
+                released.push(p.segment);
+            }
+            purged.attempts += Store::run_len(&v);
         }
-        del.flush()
+        del.flush()?;
+        self.inner.history.release(released);
+        Ok(())
     }
 
     /// Per-endpoint state: finished deliveries and batch ranges older than the window; everything of a

@@ -1,4 +1,8 @@
-//! The event log's bodies: append-only segment files next to the sled database.
+//! Append-only segment files next to the sled database: the event log's bodies ([`Events`],
+//! `segments/`) and the attempt history's records ([`Attempts`], `history/`, same format with its own
+//! magic). What follows describes the log; the history differs only in durability: its appends are not
+//! synced one by one but by [`SegmentLog::sync`] before sled is flushed, and nothing is replayed (a
+//! frame sled does not point to is an attempt that will be made again).
 //!
 //! Why not sled: a log record is written once, read rarely, and deleted whole; in a B-tree leaf it is
 //! rewritten on every consolidation and split of its node (profiled: serialising nodes was ~28 % of
@@ -34,19 +38,70 @@
 //! A segment other than the one being written is deleted once no index entry points into it: the
 //! store counts the pointers per segment (counted at open, kept by appends and retention).
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::marker::PhantomData;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
 use super::StoreError;
 use crate::config::Durability;
-use crate::model::{EventRecord, LogRecord};
+use crate::model::{AttemptRecord, EventRecord};
 
-/// The first bytes of every segment file: name and frame-format version.
+/// What one kind of segment log holds, and where.
+pub trait Kind {
+    /// The items a frame carries (events, attempts), each encoded on its own.
+    type Item: Serialize + DeserializeOwned;
+    /// The directory in the data dir.
+    const DIR: &'static str;
+    /// The first bytes of every segment file of this kind: name and frame-format version.
+    const MAGIC: &'static [u8; 8];
+    /// Whether every append is synced in `fsync` mode (else only by [`SegmentLog::sync`]).
+    const SYNC_EACH_APPEND: bool;
+    /// A guess of an item's encoded size, to size the write buffer.
+    fn estimate(item: &Self::Item) -> usize;
+}
+
+/// The event log's bodies: `segments/`, synced per ingest group in `fsync` mode (an event is
+/// acknowledged once it is there).
+pub struct Events;
+
+impl Kind for Events {
+    type Item = EventRecord;
+    const DIR: &'static str = "segments";
+    const MAGIC: &'static [u8; 8] = MAGIC;
+    const SYNC_EACH_APPEND: bool = true;
+    fn estimate(e: &EventRecord) -> usize {
+        e.payload.len() + e.event_type.len() + 48
+    }
+}
+
+/// The attempt history's records: `history/`. An attempt is recorded, not acknowledged, so an append
+/// is synced with the next state flush ([`SegmentLog::sync`]), before sled's.
+pub struct Attempts;
+
+impl Kind for Attempts {
+    type Item = AttemptRecord;
+    const DIR: &'static str = "history";
+    const MAGIC: &'static [u8; 8] = b"hookdhs1";
+    const SYNC_EACH_APPEND: bool = false;
+    fn estimate(a: &AttemptRecord) -> usize {
+        a.url.len()
+            + a.response_body.len()
+            + a.request_body.as_ref().map_or(0, String::len)
+            + 8 * a.events.len()
+            + 160
+    }
+}
+
+/// The first bytes of every segment file of the event log: name and frame-format version.
 pub const MAGIC: &[u8; 8] = b"hookdlg1";
 const FRAME_HEADER: usize = 24;
 const BODY_VERSION: u8 = 1;
@@ -96,18 +151,18 @@ impl Pointer {
 }
 
 /// A frame read back while scanning.
-pub struct Frame {
+pub struct Frame<T> {
     pub tenant: u64,
     pub first_id: u64,
     pub pointer: Pointer,
-    pub record: LogRecord,
+    pub items: Vec<T>,
 }
 
-/// A record to append.
-pub struct Append<'a> {
+/// A record to append: items with consecutive ids from `first_id`.
+pub struct Append<'a, T> {
     pub tenant: u64,
     pub first_id: u64,
-    pub record: &'a LogRecord,
+    pub items: &'a [T],
 }
 
 struct Writer {
@@ -119,8 +174,8 @@ struct Writer {
     broken: bool,
 }
 
-/// The segment files of one data dir.
-pub struct SegmentLog {
+/// The segment files of one kind in one data dir.
+pub struct SegmentLog<K: Kind> {
     dir: PathBuf,
     mode: Durability,
     writer: Mutex<Writer>,
@@ -128,6 +183,7 @@ pub struct SegmentLog {
     readers: RwLock<HashMap<u64, Arc<File>>>,
     /// Index entries pointing into each segment.
     refs: Mutex<BTreeMap<u64, u64>>,
+    kind: PhantomData<K>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -142,11 +198,11 @@ fn file_name(segment: u64) -> String {
     format!("{segment:016x}.log")
 }
 
-impl SegmentLog {
+impl<K: Kind> SegmentLog<K> {
     /// Opens the segment directory, creating it and the first segment if needed. Writing continues in
     /// the newest segment.
-    pub fn open(data_dir: &Path, mode: Durability) -> Result<SegmentLog, StoreError> {
-        let dir = data_dir.join("segments");
+    pub fn open(data_dir: &Path, mode: Durability) -> Result<SegmentLog<K>, StoreError> {
+        let dir = data_dir.join(K::DIR);
         std::fs::create_dir_all(&dir)?;
         let newest = list(&dir)?.last().copied();
         let writer = match newest {
@@ -154,20 +210,20 @@ impl SegmentLog {
                 let mut file =
                     OpenOptions::new().read(true).append(true).open(dir.join(file_name(segment)))?;
                 let len = file.seek(SeekFrom::End(0))?;
-                if len < MAGIC.len() as u64 {
+                if len < K::MAGIC.len() as u64 {
                     // Created but its header never made it: start it again.
                     file.set_len(0)?;
-                    file.write_all(MAGIC)?;
+                    file.write_all(K::MAGIC)?;
                 }
                 Writer {
                     segment,
-                    len: len.max(MAGIC.len() as u64),
+                    len: len.max(K::MAGIC.len() as u64),
                     file,
                     opened: Instant::now(),
                     broken: false,
                 }
             }
-            None => create(&dir, 1, mode)?,
+            None => create(&dir, 1, mode, K::MAGIC)?,
         };
         if mode == Durability::Fsync {
             File::open(data_dir)?.sync_all()?;
@@ -178,35 +234,42 @@ impl SegmentLog {
             writer: Mutex::new(writer),
             readers: RwLock::new(HashMap::new()),
             refs: Mutex::new(BTreeMap::new()),
+            kind: PhantomData,
         })
     }
 
     /// Appends records as frames in one write (synced in `fsync` mode). Returns their pointers and
     /// the position everything up to which is now written: `(segment, end offset)`.
-    pub fn append(&self, records: &[Append<'_>]) -> Result<(Vec<Pointer>, (u64, u64)), StoreError> {
+    pub fn append<I>(&self, records: &[Append<'_, I>]) -> Result<(Vec<Pointer>, (u64, u64)), StoreError>
+    where
+        I: Borrow<K::Item> + Serialize,
+    {
         let mut w = lock(&self.writer);
         if w.broken
             || w.len >= SEGMENT_BYTES
-            || (w.len > MAGIC.len() as u64 && w.opened.elapsed() >= SEGMENT_MAX_AGE)
+            || (w.len > K::MAGIC.len() as u64 && w.opened.elapsed() >= SEGMENT_MAX_AGE)
         {
             self.rotate(&mut w)?;
         }
-        let mut buf = Vec::with_capacity(records.iter().map(|r| estimate(r.record)).sum());
+        let estimate = |r: &Append<'_, I>| {
+            FRAME_HEADER + 5 + r.items.iter().map(|i| K::estimate(i.borrow())).sum::<usize>()
+        };
+        let mut buf = Vec::with_capacity(records.iter().map(estimate).sum());
         let mut pointers = Vec::with_capacity(records.len());
         for (i, r) in records.iter().enumerate() {
             let start = buf.len();
-            encode_frame(&mut buf, r.tenant, r.first_id, r.record, i + 1 == records.len())?;
-            let len = u32::try_from(buf.len() - start).map_err(|_| corrupt("log record too large".into()))?;
+            encode_frame(&mut buf, r.tenant, r.first_id, r.items, i + 1 == records.len())?;
+            let len = u32::try_from(buf.len() - start).map_err(|_| corrupt("record too large".into()))?;
             pointers.push(Pointer {
                 segment: w.segment,
                 offset: w.len + start as u64,
                 len,
-                events: r.record.events.len() as u32,
+                events: r.items.len() as u32,
             });
         }
         let written = w.file.write_all(&buf).and_then(|()| match self.mode {
-            Durability::Fsync => w.file.sync_data(),
-            Durability::Os => Ok(()),
+            Durability::Fsync if K::SYNC_EACH_APPEND => w.file.sync_data(),
+            _ => Ok(()),
         });
         if let Err(e) = written {
             // Nothing of this group is acknowledged: cut what reached the file so the next group starts
@@ -221,6 +284,18 @@ impl SegmentLog {
         Ok((pointers, (w.segment, w.len)))
     }
 
+    /// Makes every append so far durable (`fsync` mode; appends of a kind that syncs each one need
+    /// nothing).
+    pub fn sync(&self) -> Result<(), StoreError> {
+        if self.mode == Durability::Fsync && !K::SYNC_EACH_APPEND {
+            // On a second handle, so that appends go on while the disk syncs. A rotation meanwhile
+            // synced the file it closed.
+            let file = lock(&self.writer).file.try_clone()?;
+            file.sync_data()?;
+        }
+        Ok(())
+    }
+
     /// Closes the segment being written, as filling it would.
     #[cfg(test)]
     pub fn rotate_now(&self) -> Result<(), StoreError> {
@@ -232,7 +307,7 @@ impl SegmentLog {
         if self.mode == Durability::Fsync {
             w.file.sync_data()?;
         }
-        *w = create(&self.dir, w.segment + 1, self.mode)?;
+        *w = create(&self.dir, w.segment + 1, self.mode, K::MAGIC)?;
         Ok(())
     }
 
@@ -250,25 +325,26 @@ impl SegmentLog {
         Ok(Some(readers.entry(segment).or_insert(file).clone()))
     }
 
-    /// Reads the frame a pointer names and decodes its events (or only event `only`); `None` when its
+    /// Reads the frame a pointer names and decodes its items (or only item `only`); `None` when its
     /// segment was deleted.
-    fn events(&self, p: &Pointer, only: Option<usize>) -> Result<Option<Vec<EventRecord>>, StoreError> {
+    fn items(&self, p: &Pointer, only: Option<usize>) -> Result<Option<Vec<K::Item>>, StoreError> {
         let Some(file) = self.reader(p.segment)? else { return Ok(None) };
         let mut frame = vec![0u8; p.len as usize];
         file.read_exact_at(&mut frame, p.offset)?;
-        let (_, body) = check_frame(&frame)
-            .ok_or_else(|| corrupt(format!("log frame at {}:{} does not check", p.segment, p.offset)))?;
+        let (_, body) = check_frame(&frame).ok_or_else(|| {
+            corrupt(format!("{} frame at {}:{} does not check", K::DIR, p.segment, p.offset))
+        })?;
         decode_body(body, only).map(Some)
     }
 
-    /// The whole record a pointer names.
-    pub fn read(&self, p: &Pointer) -> Result<Option<LogRecord>, StoreError> {
-        Ok(self.events(p, None)?.map(|events| LogRecord { events }))
+    /// Every item of the record a pointer names.
+    pub fn read(&self, p: &Pointer) -> Result<Option<Vec<K::Item>>, StoreError> {
+        self.items(p, None)
     }
 
-    /// Event `index` of the record a pointer names, decoding only that event.
-    pub fn read_event(&self, p: &Pointer, index: usize) -> Result<Option<EventRecord>, StoreError> {
-        Ok(self.events(p, Some(index))?.and_then(|mut v| v.pop()))
+    /// Item `index` of the record a pointer names, decoding only that one.
+    pub fn read_one(&self, p: &Pointer, index: usize) -> Result<Option<K::Item>, StoreError> {
+        Ok(self.items(p, Some(index))?.and_then(|mut v| v.pop()))
     }
 
     /// Every frame at or after `(segment, offset)` (a group boundary), oldest first, for rebuilding the
@@ -277,13 +353,13 @@ impl SegmentLog {
     pub fn scan_from(
         &self,
         from: (u64, u64),
-        mut each: impl FnMut(Frame) -> Result<(), StoreError>,
+        mut each: impl FnMut(Frame<K::Item>) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         let segments = list(&self.dir)?;
         let last = segments.last().copied();
         for segment in segments.into_iter().filter(|s| *s >= from.0) {
             // Read from where the scan starts: on a clean start that is the end of the newest segment.
-            let base = if segment == from.0 { from.1 } else { 0 }.max(MAGIC.len() as u64);
+            let base = if segment == from.0 { from.1 } else { 0 }.max(K::MAGIC.len() as u64);
             let mut file = File::open(self.dir.join(file_name(segment)))?;
             file.seek(SeekFrom::Start(base))?;
             let mut bytes = Vec::new();
@@ -299,15 +375,15 @@ impl SegmentLog {
                 else {
                     break;
                 };
-                let events = decode_body(body, None)?;
+                let items = decode_body(body, None)?;
                 let pointer = Pointer {
                     segment,
                     offset: (base + at) as u64,
                     len: frame.len() as u32,
-                    events: events.len() as u32,
+                    events: items.len() as u32,
                 };
                 at += frame.len();
-                group.push(Frame { tenant, first_id, pointer, record: LogRecord { events } });
+                group.push(Frame { tenant, first_id, pointer, items });
                 if ends_group(frame) {
                     for f in group.drain(..) {
                         each(f)?;
@@ -407,7 +483,7 @@ fn list(dir: &Path) -> Result<Vec<u64>, StoreError> {
     Ok(out)
 }
 
-fn create(dir: &Path, segment: u64, mode: Durability) -> Result<Writer, StoreError> {
+fn create(dir: &Path, segment: u64, mode: Durability, magic: &[u8; 8]) -> Result<Writer, StoreError> {
     let mut file = OpenOptions::new()
         .read(true)
         .append(true)
@@ -415,40 +491,36 @@ fn create(dir: &Path, segment: u64, mode: Durability) -> Result<Writer, StoreErr
         .truncate(false)
         .open(dir.join(file_name(segment)))?;
     file.set_len(0)?;
-    file.write_all(MAGIC)?;
+    file.write_all(magic)?;
     if mode == Durability::Fsync {
         file.sync_all()?;
         File::open(dir)?.sync_all()?;
     }
-    Ok(Writer { segment, file, len: MAGIC.len() as u64, opened: Instant::now(), broken: false })
+    Ok(Writer { segment, file, len: magic.len() as u64, opened: Instant::now(), broken: false })
 }
 
-fn estimate(record: &LogRecord) -> usize {
-    FRAME_HEADER + 5 + record.events.iter().map(|e| e.payload.len() + e.event_type.len() + 48).sum::<usize>()
-}
-
-fn encode_frame(
+fn encode_frame<T: Serialize>(
     buf: &mut Vec<u8>,
     tenant: u64,
     first_id: u64,
-    record: &LogRecord,
+    items: &[T],
     ends_group: bool,
 ) -> Result<(), StoreError> {
     let start = buf.len();
     buf.extend_from_slice(&[0u8; FRAME_HEADER]);
     buf.push(BODY_VERSION);
-    buf.extend_from_slice(&(record.events.len() as u32).to_le_bytes());
-    for ev in &record.events {
+    buf.extend_from_slice(&(items.len() as u32).to_le_bytes());
+    for item in items {
         let at = buf.len();
         buf.extend_from_slice(&[0u8; 4]);
-        rmp_serde::encode::write(buf, ev)?;
+        rmp_serde::encode::write(buf, item)?;
         let n = (buf.len() - at - 4) as u32;
         buf[at..at + 4].copy_from_slice(&n.to_le_bytes());
     }
     let body_len = u32::try_from(buf.len() - start - FRAME_HEADER)
         .ok()
         .filter(|n| (*n as usize) <= MAX_FRAME_BODY)
-        .ok_or_else(|| corrupt("log record too large".into()))?;
+        .ok_or_else(|| corrupt("record too large".into()))?;
     let field = if ends_group { body_len | ENDS_GROUP } else { body_len };
     buf[start..start + 4].copy_from_slice(&field.to_le_bytes());
     buf[start + 8..start + 16].copy_from_slice(&tenant.to_le_bytes());
@@ -492,10 +564,10 @@ pub fn check_frame(frame: &[u8]) -> Option<((u64, u64), &[u8])> {
     Some(((tenant, first), frame.get(FRAME_HEADER..)?))
 }
 
-/// Decodes a body's events, or only event `only` (then the result holds it alone, or nothing when the
-/// record has fewer events).
-pub fn decode_body(body: &[u8], only: Option<usize>) -> Result<Vec<EventRecord>, StoreError> {
-    let bad = || corrupt("malformed log record body".into());
+/// Decodes a body's items, or only item `only` (then the result holds it alone, or nothing when the
+/// record has fewer items).
+pub fn decode_body<T: DeserializeOwned>(body: &[u8], only: Option<usize>) -> Result<Vec<T>, StoreError> {
+    let bad = || corrupt("malformed segment record body".into());
     let (&version, rest) = body.split_first().ok_or_else(bad)?;
     if version != BODY_VERSION {
         return Err(StoreError::UnknownVersion { key: b"segment".to_vec(), version });
@@ -512,9 +584,9 @@ pub fn decode_body(body: &[u8], only: Option<usize>) -> Result<Vec<EventRecord>,
             Some(j) if j != i => continue,
             _ => {}
         }
-        let ev: EventRecord = rmp_serde::from_slice(bytes)
+        let item: T = rmp_serde::from_slice(bytes)
             .map_err(|source| StoreError::Decode { key: b"segment".to_vec(), source })?;
-        out.push(ev);
+        out.push(item);
         if only.is_some() {
             break;
         }
@@ -537,14 +609,14 @@ mod tests {
         }
     }
 
-    fn record(n: usize) -> LogRecord {
-        LogRecord { events: (0..n).map(event).collect() }
+    fn record(n: usize) -> Vec<EventRecord> {
+        (0..n).map(event).collect()
     }
 
-    fn frames(log: &SegmentLog, from: (u64, u64)) -> Vec<(u64, u64, Pointer, usize)> {
+    fn frames(log: &SegmentLog<Events>, from: (u64, u64)) -> Vec<(u64, u64, Pointer, usize)> {
         let mut out = Vec::new();
         log.scan_from(from, |f| {
-            out.push((f.tenant, f.first_id, f.pointer, f.record.events.len()));
+            out.push((f.tenant, f.first_id, f.pointer, f.items.len()));
             Ok(())
         })
         .unwrap_or_else(|e| panic!("{e}"));
@@ -554,20 +626,20 @@ mod tests {
     #[test]
     fn appended_records_read_back_whole_and_one_event_at_a_time() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let log = SegmentLog::open(dir.path(), Durability::Fsync).unwrap_or_else(|e| panic!("{e}"));
+        let log = SegmentLog::<Events>::open(dir.path(), Durability::Fsync).unwrap_or_else(|e| panic!("{e}"));
         let (a, b) = (record(3), record(1));
         let (ptrs, end) = log
             .append(&[
-                Append { tenant: 5, first_id: 100, record: &a },
-                Append { tenant: 6, first_id: 103, record: &b },
+                Append { tenant: 5, first_id: 100, items: &a },
+                Append { tenant: 6, first_id: 103, items: &b },
             ])
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(ptrs[0].offset, MAGIC.len() as u64);
         assert_eq!(ptrs[1].offset, ptrs[0].offset + u64::from(ptrs[0].len));
         assert_eq!(end, (1, ptrs[1].offset + u64::from(ptrs[1].len)));
         assert_eq!(log.read(&ptrs[0]).unwrap_or_default(), Some(a.clone()));
-        assert_eq!(log.read_event(&ptrs[0], 2).unwrap_or_default(), Some(event(2)));
-        assert_eq!(log.read_event(&ptrs[0], 3).unwrap_or_default(), None);
+        assert_eq!(log.read_one(&ptrs[0], 2).unwrap_or_default(), Some(event(2)));
+        assert_eq!(log.read_one(&ptrs[0], 3).unwrap_or_default(), None);
         assert_eq!(Pointer::decode(&ptrs[1].encode()), Some(ptrs[1]));
         assert_eq!(Pointer::decode(&[1, 2, 3]), None);
 
@@ -582,10 +654,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let path = dir.path().join("segments").join(file_name(1));
         let good = {
-            let log = SegmentLog::open(dir.path(), Durability::Os).unwrap_or_else(|e| panic!("{e}"));
+            let log =
+                SegmentLog::<Events>::open(dir.path(), Durability::Os).unwrap_or_else(|e| panic!("{e}"));
             let rec = record(2);
             let (ptrs, _) = log
-                .append(&[Append { tenant: 1, first_id: 1, record: &rec }])
+                .append(&[Append { tenant: 1, first_id: 1, items: &rec }])
                 .unwrap_or_else(|e| panic!("{e}"));
             ptrs[0]
         };
@@ -600,13 +673,13 @@ mod tests {
         f.write_all(&half).unwrap_or_else(|e| panic!("{e}"));
         drop(f);
 
-        let log = SegmentLog::open(dir.path(), Durability::Os).unwrap_or_else(|e| panic!("{e}"));
+        let log = SegmentLog::<Events>::open(dir.path(), Durability::Os).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(frames(&log, (0, 0)).len(), 1, "only the whole frame is replayed");
         let end = good.offset + u64::from(good.len);
         assert_eq!(std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0), end, "the torn frame is cut");
         let rec = record(1);
         let (ptrs, _) =
-            log.append(&[Append { tenant: 1, first_id: 9, record: &rec }]).unwrap_or_else(|e| panic!("{e}"));
+            log.append(&[Append { tenant: 1, first_id: 9, items: &rec }]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(ptrs[0].offset, end);
         assert_eq!(frames(&log, (0, 0)).len(), 2);
 
@@ -615,24 +688,24 @@ mod tests {
         let at = (good.offset + 30) as usize;
         bytes[at] ^= 1;
         std::fs::write(&path, &bytes).unwrap_or_else(|e| panic!("{e}"));
-        let log = SegmentLog::open(dir.path(), Durability::Os).unwrap_or_else(|e| panic!("{e}"));
+        let log = SegmentLog::<Events>::open(dir.path(), Durability::Os).unwrap_or_else(|e| panic!("{e}"));
         assert!(log.read(&good).is_err());
     }
 
     #[test]
     fn segments_rotate_and_unreferenced_ones_are_deleted() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let log = SegmentLog::open(dir.path(), Durability::Os).unwrap_or_else(|e| panic!("{e}"));
+        let log = SegmentLog::<Events>::open(dir.path(), Durability::Os).unwrap_or_else(|e| panic!("{e}"));
         let rec = record(1);
         let (first, _) =
-            log.append(&[Append { tenant: 1, first_id: 1, record: &rec }]).unwrap_or_else(|e| panic!("{e}"));
+            log.append(&[Append { tenant: 1, first_id: 1, items: &rec }]).unwrap_or_else(|e| panic!("{e}"));
         log.add_refs([first[0].segment]);
         {
             let mut w = lock(&log.writer);
             log.rotate(&mut w).unwrap_or_else(|e| panic!("{e}"));
         }
         let (second, _) =
-            log.append(&[Append { tenant: 1, first_id: 2, record: &rec }]).unwrap_or_else(|e| panic!("{e}"));
+            log.append(&[Append { tenant: 1, first_id: 2, items: &rec }]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((first[0].segment, second[0].segment), (1, 2));
         assert_eq!(log.collect().unwrap_or(9), 0, "segment 1 is still pointed into");
         log.release([1]);

@@ -410,6 +410,18 @@ async fn sigkill_while_deliveries_are_retrying_keeps_the_retry_queue() {
         // with its attempt count survived, rather than the event being sent afresh.
         assert!(d["attempts"].as_u64().unwrap_or(0) >= 2, "the delivery's attempts were forgotten: {d}");
     }
+    // The attempt records themselves (in the history segments, the index in sled) read back whole:
+    // the failures from before the kill, then the success.
+    for ack in &acks {
+        let (status, page) =
+            daemon.get(&format!("/v1/tenants/{TENANT}/attempts?event_id={}&sort=sent_at", ack.id)).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let codes: Vec<u64> =
+            page["data"].as_array().into_iter().flatten().filter_map(|a| a["status_code"].as_u64()).collect();
+        assert!(codes.len() >= 2, "{ack:?}: {page}");
+        let (last, before) = codes.split_last().unwrap_or((&0, &[]));
+        assert_eq!((*last, before.iter().all(|c| *c == 500)), (200, true), "{ack:?}: {codes:?}");
+    }
 }
 
 /// Old events a clean restart may deliver again before the test calls it a replay.
