@@ -1110,4 +1110,65 @@ mod tests {
         }
         assert_eq!(store.attempt(TENANT, old[3].0).unwrap_or_default(), None);
     }
+
+    #[test]
+    fn an_older_stores_inline_attempts_read_beside_runs_and_everything_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let settings = StoreSettings {
+            data_dir: dir.path().to_path_buf(),
+            durability: Durability::Fsync,
+            cache_bytes: 8 << 20,
+            master_key: None,
+        };
+        // Written by a binary before runs: ids taken when sent, 10 ms apart, each record inline.
+        let legacy: Vec<(u64, AttemptRecord)> = (0..3)
+            .map(|i| {
+                let (_, mut a) = attempt(i);
+                a.sent_at = T0 + 10 * i;
+                a.webhook_id = 500 + i;
+                (id_floor(a.sent_at), a)
+            })
+            .collect();
+        let runs = recorded(id_floor(T0 + 1_000), 5, 5, GOOD);
+        {
+            let store = Store::open(&settings).unwrap_or_else(|e| panic!("{e}"));
+            let mut batch = sled::Batch::default();
+            for (id, a) in &legacy {
+                let record = records::encode(a).unwrap_or_else(|e| panic!("{e}"));
+                batch.insert(&keys::two(keys::ATTEMPT, TENANT, *id), record);
+                batch.insert(&keys::two(keys::ATTEMPT_BY_ENDPOINT, a.endpoint_id, *id), &[]);
+                add_indexes(&mut batch, TENANT, *id, a);
+            }
+            store.inner.state.apply_batch(batch).unwrap_or_else(|e| panic!("{e}"));
+            let writes: Vec<_> = runs.iter().map(|(id, a)| outcome(*id, a)).collect();
+            store.write_attempt_outcomes(&writes).unwrap_or_else(|e| panic!("{e}"));
+            store.sync().unwrap_or_else(|e| panic!("{e}"));
+        }
+        let store = Store::reopen_for_test(&settings);
+        let all: Vec<&(u64, AttemptRecord)> = legacy.iter().chain(&runs).collect();
+        for (id, a) in &all {
+            assert_eq!(store.attempt(TENANT, *id).unwrap_or_default().as_ref(), Some(a), "{id}");
+        }
+        let newest_first: Vec<u64> = all.iter().rev().map(|(id, _)| *id).collect();
+        assert_eq!(page(&store, &AttemptFilter::default(), 100).0, newest_first);
+        let good: Vec<u64> =
+            all.iter().rev().filter(|(_, a)| a.endpoint_id == GOOD).map(|(id, _)| *id).collect();
+        let f = AttemptFilter { endpoint: Some(GOOD), ..Default::default() };
+        assert_eq!(page(&store, &f, 100).0, good);
+        let f = AttemptFilter { webhooks: Some(vec![(501, None)]), ..Default::default() };
+        assert_eq!(page(&store, &f, 100).0, [legacy[1].0]);
+        // The run's segment is counted at open, so a purge that keeps the run keeps its file.
+        let live = super::super::Live { endpoints: [(GOOD, TENANT)].into(), id_ceiling: u64::MAX };
+        store.inner.history.rotate_now().unwrap_or_else(|e| panic!("{e}"));
+        let purged = store.purge(T0 + 500, &live).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((purged.attempts, purged.segments), (3, 0));
+        for (id, a) in &runs {
+            assert_eq!(store.attempt(TENANT, *id).unwrap_or_default().as_ref(), Some(a));
+        }
+        let purged = store.purge(T0 + 2_000, &live).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((purged.attempts, purged.segments), (5, 1));
+        for prefix in [b"A", b"a", b"v", b"x", b"l"] {
+            assert_eq!(store.inner.state.scan_prefix(prefix).count(), 0, "{:?}", prefix);
+        }
+    }
 }

@@ -258,21 +258,6 @@ mod tests {
         }
     }
 
-    /// Opens the store again in this process. sled releases its lock on the data dir only once its
-    /// background threads let go of the dropped database, which takes a moment on a busy machine.
-    fn reopen(dir: &std::path::Path) -> Store {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        loop {
-            match Store::open(&settings(dir)) {
-                Ok(store) => return store,
-                Err(_) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                }
-                Err(e) => panic!("reopen: {e:?}"),
-            }
-        }
-    }
-
     #[test]
     fn frames_the_index_lacks_after_a_crash_are_replayed_into_it() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -286,7 +271,7 @@ mod tests {
             store.inner.segments.append(&append).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(store.event(7, 201).unwrap_or_default(), None);
         }
-        let store = reopen(dir.path());
+        let store = Store::reopen_for_test(&settings(dir.path()));
         assert_eq!(store.event(7, 101).unwrap_or_default(), Some(event(Some("k1"))));
         assert_eq!(store.event(7, 202).unwrap_or_default(), Some(event(None)));
         assert_eq!(store.event(7, 203).unwrap_or_default(), None);

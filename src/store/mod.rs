@@ -257,6 +257,22 @@ impl Store {
         &self.inner.data_dir
     }
 
+    /// Opens the store again in this process. sled releases its lock on the data dir only once its
+    /// background threads let go of the dropped database, which takes a moment on a busy machine.
+    #[cfg(test)]
+    pub(crate) fn reopen_for_test(settings: &StoreSettings) -> Store {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            match Store::open(settings) {
+                Ok(store) => return store,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => panic!("reopen: {e:?}"),
+            }
+        }
+    }
+
     /// A unique, monotonically increasing number (persisted by sled), for tenant serials.
     pub(crate) fn generate_serial(&self) -> Result<u64, StoreError> {
         Ok(self.inner.db.generate_id()? + 1)
