@@ -12,10 +12,12 @@ use hookd::deliver::request;
 use hookd::deliver::sign::{Secret, sign};
 use hookd::filter::Filter;
 use hookd::ids::IdGen;
-use hookd::model::{EndpointRecord, EventRecord, LogRecord};
+use hookd::model::{AttemptRecord, EndpointRecord, EventRecord, HttpMethod, LogRecord, Trigger};
 use hookd::registry::Registry;
 use hookd::route::Payload;
-use hookd::store::{Committer, PreparedEvent, Store, StoreSettings, records};
+use hookd::store::{
+    AttemptOutcomeWrite, Committer, DeliveryChange, PreparedEvent, Store, StoreSettings, records,
+};
 use hookd::template::{PayloadTemplate, UrlTemplate};
 
 fn payload_500() -> String {
@@ -233,6 +235,83 @@ fn group_commit(c: &mut Criterion) {
     g.finish();
 }
 
+/// Recording finished attempts: a dispatcher's group of 64 first-try successes (with its cursor), as a
+/// draining endpoint records them, into a history that grows as the benchmark runs.
+fn history(c: &mut Criterion) {
+    let Ok(dir) = tempfile::tempdir() else { panic!("tempdir") };
+    let store = match Store::open(&StoreSettings {
+        data_dir: dir.path().to_path_buf(),
+        durability: Durability::Fsync,
+        cache_bytes: 64 << 20,
+        master_key: None,
+    }) {
+        Ok(s) => s,
+        Err(e) => panic!("store: {e}"),
+    };
+    let header = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+    let attempt = |event: u64| AttemptRecord {
+        endpoint_id: 9,
+        webhook_id: event,
+        batch: false,
+        events: vec![event],
+        url: "https://example.com/hooks/tickets".into(),
+        method: HttpMethod::Post,
+        sent_at: hookd::time::now_ms(), // sent just now: not a late attempt
+        succeeded: true,
+        status_code: Some(204),
+        request_headers: vec![
+            header("content-type", "application/json"),
+            header("user-agent", "hookd/0.1"),
+            header("webhook-id", "evt_0123456789abc"),
+            header("webhook-timestamp", "1795371202"),
+            header("webhook-signature", "v1,K5oZfzN95Z9UVu1EsfQmfVNQhnkZ2pj9o9NDN/H/pI4="),
+        ],
+        response_headers: vec![header("date", "Mon, 23 Nov 2026 09:00:00 GMT"), header("server", "rx")],
+        response_body: String::new(),
+        response_truncated: false,
+        error_class: None,
+        error: None,
+        duration_ms: 1,
+        attempt_number: 1,
+        trigger: Trigger::Scheduled,
+        request_body: None,
+    };
+    let ids = IdGen::new(0);
+    let mut g = c.benchmark_group("history");
+    g.throughput(Throughput::Elements(64));
+    g.bench_function("record_64_attempts", |b| {
+        b.iter(|| {
+            let first = ids.next_block(64);
+            let attempts: Vec<AttemptRecord> = (first..first + 64).map(|id| attempt(id - 1_000)).collect();
+            let writes: Vec<AttemptOutcomeWrite<'_>> = attempts
+                .iter()
+                .enumerate()
+                .map(|(i, a)| AttemptOutcomeWrite {
+                    tenant: 1,
+                    endpoint: 9,
+                    attempt_id: first + i as u64,
+                    attempt: a,
+                    delivery: &DeliveryChange::Unchanged,
+                    cursor: (i == 63).then_some(a.webhook_id),
+                })
+                .collect();
+            if let Err(e) = store.write_attempt_outcomes(black_box(&writes)) {
+                panic!("record: {e}");
+            }
+        })
+    });
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("read_one_attempt", |b| {
+        let last = ids.last();
+        let mut n = 0u64;
+        b.iter(|| {
+            n = (n + 7919) % 10_000;
+            black_box(store.attempt(1, last - n).ok().flatten())
+        })
+    });
+    g.finish();
+}
+
 fn ingest_parsing(c: &mut Criterion) {
     let event =
         format!(r#"{{"type":"ticket.created","channels":["client_42"],"payload":{}}}"#, payload_500());
@@ -262,6 +341,6 @@ fn ingest_parsing(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).measurement_time(std::time::Duration::from_secs(3));
-    targets = signing, encoding, routing, filters_and_templates, group_commit, ingest_parsing
+    targets = signing, encoding, routing, filters_and_templates, group_commit, history, ingest_parsing
 }
 criterion_main!(benches);

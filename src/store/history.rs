@@ -51,6 +51,27 @@ pub const MAX_RECORDING_DELAY_MS: u64 = 10 * 60 * 1000;
 /// time window's end is widened only by this much in the other sources.
 pub const LATE_MS: u64 = 1_000;
 
+/// A `w` entry covers webhook ids of one run that lie within this span of each other (100 ms of the id
+/// clock); a lookup scans the entries that start this far before the webhook id.
+const WEBHOOK_SPAN: u64 = 100_000 << 12;
+
+/// The webhook-id ranges of a run's `w` entries: its distinct webhook ids, ascending, cut where a
+/// range would span more than [`WEBHOOK_SPAN`]. A run of a draining endpoint (consecutive events) is
+/// one range; retention computes the same ranges again to delete them.
+fn webhook_ranges(webhooks: impl Iterator<Item = u64>) -> Vec<(u64, u64)> {
+    let mut ids: Vec<u64> = webhooks.collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for w in ids {
+        match out.last_mut() {
+            Some((lo, hi)) if w - *lo <= WEBHOOK_SPAN => *hi = w,
+            _ => out.push((w, w)),
+        }
+    }
+    out
+}
+
 /// Whether an attempt recorded under `id` was recorded more than [`LATE_MS`] after it was sent.
 fn is_late(id: u64, a: &AttemptRecord) -> bool {
     (id >> 12) / 1000 > a.sent_at.saturating_add(LATE_MS)
@@ -250,6 +271,10 @@ impl Store {
                 batch.insert(&keys::two(keys::ATTEMPT, first.tenant, first.attempt_id), &p.encode());
                 let count = (run.len() as u32).to_be_bytes();
                 batch.insert(&keys::two(keys::ATTEMPT_BY_ENDPOINT, first.endpoint, first.attempt_id), &count);
+                for (lo, hi) in webhook_ranges(writes[run.clone()].iter().map(|w| w.attempt.webhook_id)) {
+                    let key = keys::three(keys::WEBHOOK_RUN, first.tenant, lo, first.attempt_id);
+                    batch.insert(&key, &hi.to_be_bytes());
+                }
             }
             for w in writes {
                 add_outcome(&mut batch, w)?;
@@ -361,11 +386,39 @@ impl Store {
         Ok(())
     }
 
+    /// The attempts of a webhook id (an event's, or a batch's): `(attempt id, endpoint)`, by id. Runs
+    /// are found through their `w` entries (those starting up to [`WEBHOOK_SPAN`] before it), older
+    /// stores' attempts through the per-attempt `v` index.
+    pub fn webhook_attempts(&self, tenant: u64, webhook_id: u64) -> Result<Vec<(u64, u64)>, StoreError> {
+        let state = &self.inner.state;
+        let mut out = Vec::new();
+        for item in state.scan_prefix(keys::two(keys::ATTEMPT_BY_WEBHOOK, tenant, webhook_id)) {
+            let (k, v) = item?;
+            out.push((keys::trailing_u64(&k), keys::u64_at(&v, 0)));
+        }
+        let from = keys::three(keys::WEBHOOK_RUN, tenant, webhook_id.saturating_sub(WEBHOOK_SPAN), 0);
+        let to = keys::three(keys::WEBHOOK_RUN, tenant, webhook_id, u64::MAX);
+        for item in state.range(from..=to) {
+            let (k, v) = item?;
+            if keys::u64_at(&v, 0) < webhook_id {
+                continue; // the range ends before it
+            }
+            let key = keys::two(keys::ATTEMPT, tenant, keys::trailing_u64(&k));
+            let Some(value) = state.get(key)? else { continue }; // purged meanwhile
+            for (id, a) in self.run(&key, &value)? {
+                if a.webhook_id == webhook_id {
+                    out.push((id, a.endpoint_id));
+                }
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
     /// The events a batch carried (from its first attempt).
     pub fn batch_events(&self, tenant: u64, batch_id: u64) -> Result<Option<Vec<u64>>, StoreError> {
-        for item in self.inner.state.scan_prefix(keys::two(keys::ATTEMPT_BY_WEBHOOK, tenant, batch_id)) {
-            let (k, _) = item?;
-            if let Some(a) = self.attempt(tenant, keys::trailing_u64(&k))? {
+        for (id, _) in self.webhook_attempts(tenant, batch_id)? {
+            if let Some(a) = self.attempt(tenant, id)? {
                 return Ok(Some(a.events));
             }
         }
@@ -379,26 +432,18 @@ impl Store {
         webhook_id: u64,
         endpoint: u64,
     ) -> Result<(usize, Option<u64>), StoreError> {
-        let mut n = 0;
-        let mut last = None;
-        for item in self.inner.state.scan_prefix(keys::two(keys::ATTEMPT_BY_WEBHOOK, tenant, webhook_id)) {
-            let (k, v) = item?;
-            if keys::u64_at(&v, 0) == endpoint {
-                n += 1;
-                last = Some(keys::trailing_u64(&k));
-            }
-        }
-        Ok((n, last))
+        let mine: Vec<u64> = self
+            .webhook_attempts(tenant, webhook_id)?
+            .into_iter()
+            .filter(|(_, e)| *e == endpoint)
+            .map(|(id, _)| id)
+            .collect();
+        Ok((mine.len(), mine.last().copied()))
     }
 
     /// How many attempts of this webhook id the endpoint has had.
     pub fn attempt_count(&self, tenant: u64, webhook_id: u64, endpoint: u64) -> Result<usize, StoreError> {
-        let mut n = 0;
-        for item in self.inner.state.scan_prefix(keys::two(keys::ATTEMPT_BY_WEBHOOK, tenant, webhook_id)) {
-            let (_, v) = item?;
-            n += usize::from(keys::u64_at(&v, 0) == endpoint);
-        }
-        Ok(n)
+        Ok(self.attempts_of(tenant, webhook_id, endpoint)?.0)
     }
 
     pub fn endpoint_stats(&self, endpoint: u64) -> Result<Option<EndpointStatsRecord>, StoreError> {
@@ -624,10 +669,8 @@ impl Store {
             Source::Webhooks(webhooks) => {
                 let mut ids = Vec::new();
                 for (w, only) in webhooks {
-                    for item in state.scan_prefix(keys::two(keys::ATTEMPT_BY_WEBHOOK, tenant, w)) {
-                        let (k, v) = item?;
-                        let id = keys::trailing_u64(&k);
-                        if only.is_none_or(|e| e == keys::u64_at(&v, 0)) && (lo..=hi).contains(&id) {
+                    for (id, endpoint) in self.webhook_attempts(tenant, w)? {
+                        if only.is_none_or(|e| e == endpoint) && (lo..=hi).contains(&id) {
                             ids.push(id);
                         }
                     }
@@ -714,6 +757,7 @@ impl Store {
             let Entry::Inline(bytes) = Entry::of(&v) else { continue };
             let a: AttemptRecord = records::decode(&k, bytes)?;
             add_indexes(&mut batch, tenant, id, &a);
+            add_legacy_webhook_index(&mut batch, tenant, id, &a);
             n += 1;
             if n % 10_000 == 0 {
                 self.inner.state.apply_batch(std::mem::take(&mut batch))?;
@@ -728,9 +772,15 @@ impl Store {
     }
 }
 
-fn add_indexes(batch: &mut sled::Batch, tenant: u64, attempt_id: u64, a: &AttemptRecord) {
+/// The per-attempt webhook index of stores written before runs (runs have `w` entries instead).
+fn add_legacy_webhook_index(batch: &mut sled::Batch, tenant: u64, attempt_id: u64, a: &AttemptRecord) {
     let endpoint = a.endpoint_id.to_be_bytes();
     batch.insert(&keys::three(keys::ATTEMPT_BY_WEBHOOK, tenant, a.webhook_id, attempt_id), &endpoint);
+}
+
+/// The per-attempt index entries: failed attempts, late attempts.
+fn add_indexes(batch: &mut sled::Batch, tenant: u64, attempt_id: u64, a: &AttemptRecord) {
+    let endpoint = a.endpoint_id.to_be_bytes();
     if !a.succeeded {
         batch.insert(&keys::two(keys::FAILED_ATTEMPT, tenant, attempt_id), &endpoint);
     }
@@ -742,9 +792,28 @@ fn add_indexes(batch: &mut sled::Batch, tenant: u64, attempt_id: u64, a: &Attemp
     }
 }
 
-/// The index entries [`add_indexes`] wrote for an attempt, for retention.
-pub(super) fn index_keys(tenant: u64, attempt_id: u64, a: &AttemptRecord) -> Vec<Vec<u8>> {
-    let mut out = vec![keys::three(keys::ATTEMPT_BY_WEBHOOK, tenant, a.webhook_id, attempt_id).to_vec()];
+/// The index entries of a run under an `A` entry, for retention: its `a` and `w` entries and its
+/// attempts' `x` and `l` ones (an older store's inline attempt: its `a`, `v`, `x`).
+pub(super) fn run_index_keys(tenant: u64, run: &[(u64, AttemptRecord)], inline: bool) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let Some((first, head)) = run.first() else { return out };
+    out.push(keys::two(keys::ATTEMPT_BY_ENDPOINT, head.endpoint_id, *first).to_vec());
+    if inline {
+        out.push(keys::three(keys::ATTEMPT_BY_WEBHOOK, tenant, head.webhook_id, *first).to_vec());
+    } else {
+        for (lo, _) in webhook_ranges(run.iter().map(|(_, a)| a.webhook_id)) {
+            out.push(keys::three(keys::WEBHOOK_RUN, tenant, lo, *first).to_vec());
+        }
+    }
+    for (id, a) in run {
+        out.extend(index_keys(tenant, *id, a));
+    }
+    out
+}
+
+/// The index entries [`add_indexes`] wrote for an attempt.
+fn index_keys(tenant: u64, attempt_id: u64, a: &AttemptRecord) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
     if !a.succeeded {
         out.push(keys::two(keys::FAILED_ATTEMPT, tenant, attempt_id).to_vec());
     }
@@ -1098,13 +1167,13 @@ mod tests {
         let purged = store.purge(T0 + 30_000, &live).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((purged.attempts, purged.segments), (10, 1));
         assert_eq!(files(), 1, "the old segment is deleted");
-        let left: Vec<u8> = ["A", "a", "v", "x", "l"]
+        let left: Vec<u8> = ["A", "a", "w", "x", "l", "v"]
             .iter()
             .map(|p| store.inner.state.scan_prefix(p.as_bytes()).count() as u8)
             .collect();
-        // The new run: one A, one a, four v, two x (attempts 0 and 3 failed), no late one (the old
-        // run's late entries went with it).
-        assert_eq!(left, [1, 1, 4, 2, 0]);
+        // The new run: one A, one a, one w (its webhook ids are close together), two x (attempts 0
+        // and 3 failed), no late one (the old run's late entries went with it), and no v.
+        assert_eq!(left, [1, 1, 1, 2, 0, 0]);
         for (id, a) in &new {
             assert_eq!(store.attempt(TENANT, *id).unwrap_or_default().as_ref(), Some(a));
         }
@@ -1138,6 +1207,7 @@ mod tests {
                 batch.insert(&keys::two(keys::ATTEMPT, TENANT, *id), record);
                 batch.insert(&keys::two(keys::ATTEMPT_BY_ENDPOINT, a.endpoint_id, *id), &[]);
                 add_indexes(&mut batch, TENANT, *id, a);
+                add_legacy_webhook_index(&mut batch, TENANT, *id, a);
             }
             store.inner.state.apply_batch(batch).unwrap_or_else(|e| panic!("{e}"));
             let writes: Vec<_> = runs.iter().map(|(id, a)| outcome(*id, a)).collect();
@@ -1167,8 +1237,59 @@ mod tests {
         }
         let purged = store.purge(T0 + 2_000, &live).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((purged.attempts, purged.segments), (5, 1));
-        for prefix in [b"A", b"a", b"v", b"x", b"l"] {
+        for prefix in [b"A", b"a", b"v", b"w", b"x", b"l"] {
             assert_eq!(store.inner.state.scan_prefix(prefix).count(), 0, "{:?}", prefix);
         }
+    }
+
+    #[test]
+    fn a_webhook_finds_its_attempts_in_every_run_that_carried_it() {
+        let (_dir, store, _) = history(0);
+        let w0 = id_floor(T0);
+        let far = w0 + 2 * WEBHOOK_SPAN;
+        let mut next = id_floor(T0 + 5_000);
+        let mut write = |endpoint: u64, webhooks: &[u64]| -> Vec<u64> {
+            let attempts: Vec<(u64, AttemptRecord)> = webhooks
+                .iter()
+                .enumerate()
+                .map(|(i, w)| {
+                    let (_, mut a) = attempt(1);
+                    a.endpoint_id = endpoint;
+                    a.webhook_id = *w;
+                    a.events = vec![*w, *w + 1];
+                    (next + i as u64, a)
+                })
+                .collect();
+            next += webhooks.len() as u64;
+            let writes: Vec<_> = attempts.iter().map(|(id, a)| outcome(*id, a)).collect();
+            store.write_attempt_outcomes(&writes).unwrap_or_else(|e| panic!("{e}"));
+            attempts.iter().map(|(id, _)| *id).collect()
+        };
+        let first = write(GOOD, &[w0, w0 + 1, far]); // two ranges: w0..=w0+1 and far
+        let other = write(RARE, &[w0 + 1]);
+        let retry = write(GOOD, &[far, w0]);
+        assert_eq!(store.inner.state.scan_prefix(b"w").count(), 2 + 1 + 2);
+
+        let found = |w: u64| store.webhook_attempts(TENANT, w).unwrap_or_default();
+        assert_eq!(found(w0), [(first[0], GOOD), (retry[1], GOOD)]);
+        assert_eq!(found(w0 + 1), [(first[1], GOOD), (other[0], RARE)]);
+        assert_eq!(found(far), [(first[2], GOOD), (retry[0], GOOD)]);
+        assert_eq!(found(w0 + 2), [], "inside a range's span, but no attempt carried it");
+        assert_eq!(found(w0 - 1), []);
+        assert_eq!(store.attempts_of(TENANT, far, GOOD).unwrap_or_default(), (2, Some(retry[0])));
+        assert_eq!(store.attempts_of(TENANT, w0 + 1, RARE).unwrap_or_default(), (1, Some(other[0])));
+        assert_eq!(store.attempt_count(TENANT, w0 + 1, GOOD).unwrap_or(9), 1);
+        assert_eq!(store.batch_events(TENANT, far).unwrap_or_default(), Some(vec![far, far + 1]));
+        let f = AttemptFilter { webhooks: Some(vec![(w0, None), (far, Some(GOOD))]), ..Default::default() };
+        assert_eq!(page(&store, &f, 10).0, [retry[1], retry[0], first[2], first[0]]);
+
+        let live =
+            super::super::Live { endpoints: [(GOOD, TENANT), (RARE, TENANT)].into(), id_ceiling: u64::MAX };
+        let purged = store.purge(T0 + 60_000, &live).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(purged.attempts, 6);
+        for prefix in [b"A", b"a", b"w", b"x", b"l"] {
+            assert_eq!(store.inner.state.scan_prefix(prefix).count(), 0, "{:?}", prefix);
+        }
+        assert_eq!(found(w0), []);
     }
 }

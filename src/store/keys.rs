@@ -17,6 +17,7 @@ pub const BATCH_OF: u8 = b'b';
 pub const ATTEMPT_BY_WEBHOOK: u8 = b'v';
 pub const FAILED_ATTEMPT: u8 = b'x';
 pub const LATE_ATTEMPT: u8 = b'l';
+pub const WEBHOOK_RUN: u8 = b'w';
 pub const BATCH_RANGE: u8 = b'B';
 pub const ENDPOINT_STATS: u8 = b'S';
 pub const AUDIT: u8 = b'U';

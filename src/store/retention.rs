@@ -212,17 +212,12 @@ impl Store {
         let range = keys::two(keys::ATTEMPT, tenant, 0)..keys::two(keys::ATTEMPT, tenant, cutoff_id);
         for item in self.inner.state.range(range) {
             let (k, v) = item?;
-            let first = keys::trailing_u64(&k);
             // An unreadable run still goes; index entries left behind are skipped by readers.
             match self.run(&k, &v) {
                 Ok(run) => {
-                    if let Some((_, a)) = run.first() {
-                        del.remove(&keys::two(keys::ATTEMPT_BY_ENDPOINT, a.endpoint_id, first))?;
-                    }
-                    for (id, a) in &run {
-                        for key in super::history::index_keys(tenant, *id, a) {
-                            del.remove(&key)?;
-                        }
+                    let inline = matches!(Entry::of(&v), Entry::Inline(_));
+                    for key in super::history::run_index_keys(tenant, &run, inline) {
+                        del.remove(&key)?;
                     }
                 }
                 Err(e) => {
