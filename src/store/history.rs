@@ -5,8 +5,9 @@
 //! The attempts of one endpoint that finish together are recorded together: their ids are consecutive
 //! (the dispatcher takes a block of ids when it records them, so an id is the time an attempt was
 //! recorded), their records are one frame in the history segments ([`super::segment::Attempts`]), and
-//! sled holds one `A` T first-id entry (a pointer to the frame) and one `a` E first-id entry (the count)
-//! for the run, plus the per-attempt `v` and `x` index entries. A run holds at most [`MAX_RUN`]
+//! sled holds one `A` T first-id entry (a pointer to the frame), one `a` E first-id entry (the count)
+//! and usually one `w` entry (the range of webhook ids it carried) for the run, plus an `x` entry per
+//! failed attempt. A run holds at most [`MAX_RUN`]
 //! attempts, so the run an id is in starts at most `MAX_RUN - 1` ids before it. Stores written before
 //! runs existed hold one record per `A` key inline; both are read.
 //!
@@ -14,8 +15,8 @@
 //! Attempt ids come from the id clock (`unix_µs << 12`), so a time window is a key range (widened by
 //! [`MAX_RECORDING_DELAY`] at its end, as an attempt is recorded after it was sent). A query is
 //! answered from the narrowest source that covers it, never by reading every attempt:
-//! - an event: its webhook ids (the event id, and the batch ids that carried it) through the `v` index —
-//!   a handful of keys;
+//! - an event: its webhook ids (the event id, and the batch ids that carried it) through the `w` index
+//!   (the runs whose webhook range covers it; older stores: the per-attempt `v` index);
 //! - `status=failed`: the `x` index of failed attempts (the endpoint is in its value);
 //! - an endpoint: the `a` index;
 //! - otherwise the tenant's attempts themselves.

@@ -23,7 +23,8 @@
 //! | `state`  | `a` E A                     | run length (u32; empty: 1): attempts by endpoint | dispatcher   |
 //! | `state`  | `b` E V                     | batch id (older stores; `B` replaces it) | —                    |
 //! | `state`  | `B` E V                     | last event ++ batch id: the batch of E whose events are V..=last | dispatcher |
-//! | `state`  | `v` T W A                   | endpoint id: attempts by webhook id     | dispatcher            |
+//! | `state`  | `w` T W A                   | last webhook id: the run from attempt A carried webhook ids W..=it (not all of them; ≤ 100 ms of ids apart) | dispatcher |
+//! | `state`  | `v` T W A                   | endpoint id: attempts by webhook id (older stores; `w` replaces it) | —       |
 //! | `state`  | `x` T A                     | endpoint id: failed attempts            | dispatcher            |
 //! | `state`  | `l` T A                     | endpoint id ++ succeeded (u8): attempts recorded > 1 s after they were sent | dispatcher |
 //! | `state`  | `S` E                       | [`EndpointStatsRecord`]: counters for the stats API | dispatcher |
