@@ -576,6 +576,8 @@ async fn run(opts: Opts) -> Res<()> {
     }
     println!("{:<44} {:>9.1} MiB", "  daemon RSS now", rss_mib(daemon.child.id()));
     let backlog: u64 = if opts.quick { 5_000 } else { 50_000 };
+    // The live endpoint of `ticket.created` that the combined and steady phases deliver to.
+    let mut live_endpoint = false;
     if opts.runs("delivery") {
         // 3. Delivery alone: a backlog ingested while the endpoint is disabled, then drained.
         let endpoint = create_endpoint(daemon.addr, &sink, 0, false)
@@ -583,6 +585,7 @@ async fn run(opts: Opts) -> Res<()> {
             .map_err(|e| format!("create endpoint: {e}"))?;
         ingest_backlog(daemon.addr, backlog, "ticket.created").await?;
         enable_endpoint(daemon.addr, &endpoint).await?;
+        live_endpoint = true;
         let (delivered, rate) =
             drain(&sink, backlog, Duration::from_secs(if opts.quick { 30 } else { 180 })).await;
         println!(
@@ -615,6 +618,9 @@ async fn run(opts: Opts) -> Res<()> {
             "delivery: batched events from a backlog"
         );
         println!("{:<44} {:>9.1} MiB", "  daemon RSS now", rss_mib(daemon.child.id()));
+    }
+    if !live_endpoint && (opts.runs("combined") || opts.runs("steady")) {
+        create_endpoint(daemon.addr, &sink, 0, true).await.map_err(|e| format!("create endpoint: {e}"))?;
     }
     if opts.runs("combined") {
         // 4. Both at once: ingest with one live endpoint; ingest→receipt latency under saturating load.
