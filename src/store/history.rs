@@ -622,21 +622,11 @@ impl Store {
         // window, and the `l` index has them.
         let main_hi = hi.min(filter.recorded_by(LATE_MS));
         let late: Entries<'a> = if main_hi < hi && filter.webhooks.is_none() {
-            let (endpoint, failed_only) = (filter.endpoint, filter.succeeded == Some(false));
-            let range = keys::two(keys::LATE_ATTEMPT, tenant, main_hi + 1)
-                ..=keys::two(keys::LATE_ATTEMPT, tenant, hi);
-            Box::new(ordered(self.inner.state.range(range), ascending).filter_map(move |item| {
-                let (k, v) = match item {
-                    Ok(kv) => kv,
-                    Err(e) => return Some(Err(e.into())),
-                };
-                if endpoint.is_some_and(|e| e != keys::u64_at(&v, 0)) || (failed_only && v.get(8) != Some(&0))
-                {
-                    return None;
-                }
-                let id = keys::trailing_u64(&k);
-                self.attempt(tenant, id).transpose().map(|r| r.map(|a| (id, a)))
-            }))
+            let failed_only = filter.succeeded == Some(false);
+            let (from, to) = (main_hi + 1, hi);
+            self.indexed(keys::LATE_ATTEMPT, tenant, (from, to), ascending, filter.endpoint, move |v| {
+                !failed_only || v.get(8) == Some(&0)
+            })
         } else {
             Box::new(std::iter::empty())
         };
@@ -648,6 +638,31 @@ impl Store {
             ascending,
         )?;
         Ok(if ascending { Box::new(main.chain(late)) } else { Box::new(late.chain(main)) })
+    }
+
+    /// The attempts a per-attempt index (`prefix` T A → endpoint id ++ …) lists in an id window: those
+    /// of `endpoint` (any when `None`) whose index value `keep` accepts.
+    fn indexed<'a>(
+        &'a self,
+        prefix: u8,
+        tenant: u64,
+        (lo, hi): (u64, u64),
+        ascending: bool,
+        endpoint: Option<u64>,
+        keep: impl Fn(&[u8]) -> bool + 'a,
+    ) -> Entries<'a> {
+        let range = keys::two(prefix, tenant, lo)..=keys::two(prefix, tenant, hi);
+        Box::new(ordered(self.inner.state.range(range), ascending).filter_map(move |item| {
+            let (k, v) = match item {
+                Ok(kv) => kv,
+                Err(e) => return Some(Err(e.into())),
+            };
+            if endpoint.is_some_and(|e| e != keys::u64_at(&v, 0)) || !keep(&v) {
+                return None;
+            }
+            let id = keys::trailing_u64(&k);
+            self.attempt(tenant, id).transpose().map(|r| r.map(|a| (id, a)))
+        }))
     }
 
     /// [`Store::entries`] from the narrowest source, up to `hi`.
@@ -688,20 +703,7 @@ impl Store {
                 )
             }
             Source::Failed => {
-                let endpoint = filter.endpoint;
-                let range =
-                    keys::two(keys::FAILED_ATTEMPT, tenant, lo)..=keys::two(keys::FAILED_ATTEMPT, tenant, hi);
-                Box::new(ordered(state.range(range), ascending).filter_map(move |item| {
-                    let (k, v) = match item {
-                        Ok(kv) => kv,
-                        Err(e) => return Some(Err(e.into())),
-                    };
-                    if endpoint.is_some_and(|e| e != keys::u64_at(&v, 0)) {
-                        return None;
-                    }
-                    let id = keys::trailing_u64(&k);
-                    self.attempt(tenant, id).transpose().map(|r| r.map(|a| (id, a)))
-                }))
+                self.indexed(keys::FAILED_ATTEMPT, tenant, (lo, hi), ascending, filter.endpoint, |_| true)
             }
             // Runs: the first one that can hold `lo` starts up to MAX_RUN - 1 ids before it.
             Source::Endpoint(endpoint) => {
