@@ -35,6 +35,8 @@ pub struct ListQuery {
     /// status code; at most 200 characters.
     pub q: Option<String>,
     /// `-sent_at` (default), `sent_at`, `status_code`, `-status_code`, `duration_ms`, `-duration_ms`.
+    /// The time order is the order attempts were recorded (finished): as `sent_at`, except among
+    /// attempts that were in flight together.
     pub sort: Option<String>,
     /// Page size, 1-250 (default 50).
     pub limit: Option<String>,
