@@ -16,6 +16,11 @@ const ENCODED_LEN: usize = 13;
 
 /// Encodes `v` in 13 order-preserving base32 characters.
 pub fn encode_u64(v: u64) -> String {
+    encoded(&encode_u64_into(v)).to_owned()
+}
+
+/// [`encode_u64`] into a stack buffer (read it with [`encoded`]): ids are written on every response.
+pub fn encode_u64_into(v: u64) -> [u8; ENCODED_LEN] {
     let mut out = [0u8; ENCODED_LEN];
     for (i, slot) in out.iter_mut().enumerate() {
         let shift = 5 * (ENCODED_LEN - 1 - i);
@@ -23,7 +28,12 @@ pub fn encode_u64(v: u64) -> String {
         let digit = (v >> shift) & 0x1f;
         *slot = ALPHABET[digit as usize];
     }
-    out.iter().map(|&b| b as char).collect()
+    out
+}
+
+/// The text of an [`encode_u64_into`] buffer (ASCII from the alphabet, so always valid).
+pub fn encoded(buf: &[u8; ENCODED_LEN]) -> &str {
+    std::str::from_utf8(buf).unwrap_or_default()
 }
 
 /// Decodes what [`encode_u64`] wrote; `None` for anything else (wrong length, letters outside the alphabet,
@@ -62,7 +72,7 @@ macro_rules! prefixed_id {
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str($prefix)?;
-                f.write_str(&encode_u64(self.0))
+                f.write_str(encoded(&encode_u64_into(self.0)))
             }
         }
 
@@ -74,7 +84,11 @@ macro_rules! prefixed_id {
 
         impl serde::Serialize for $name {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.collect_str(self)
+                // Prefix and digits side by side on the stack: one string, no formatting machinery.
+                let mut buf = [0u8; $prefix.len() + ENCODED_LEN];
+                buf[..$prefix.len()].copy_from_slice($prefix.as_bytes());
+                buf[$prefix.len()..].copy_from_slice(&encode_u64_into(self.0));
+                s.serialize_str(std::str::from_utf8(&buf).unwrap_or_default())
             }
         }
     };
@@ -155,6 +169,8 @@ mod tests {
         assert_eq!(s.len(), 4 + 13);
         assert_eq!(EventId::parse(&s), Some(id));
         assert_eq!(EndpointId::parse(&s), None, "another kind's prefix is refused");
+        let json = serde_json::to_string(&id).unwrap_or_default();
+        assert_eq!(json, format!("\"{s}\""), "serialized as its text form");
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! Everything here is pure and runs in the request's own task, in parallel across cores; only the
 //! prepared events go to the single group-commit thread.
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use utoipa::ToSchema;
@@ -19,19 +21,22 @@ pub const MAX_CHANNELS: usize = 32;
 pub const MAX_CHANNEL_LEN: usize = 128;
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
 
-/// One event as posted.
+/// One event as posted. It borrows from the request body where it can (the payload always, the type
+/// unless it holds escapes): ingest copies an event's text once, into the record it stores.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct EventIn {
+pub struct EventIn<'a> {
     /// `[a-z0-9_]+(\.[a-z0-9_]+)*`, at most 128 characters, e.g. `ticket.created`.
-    #[serde(rename = "type")]
-    pub event_type: String,
+    #[serde(rename = "type", borrow)]
+    #[schema(value_type = String)]
+    pub event_type: Cow<'a, str>,
     /// Up to 32 channels; endpoints may subscribe to some.
     #[serde(default)]
     pub channels: Vec<String>,
     /// The event's data; validated against the type's schema when the catalog has one.
+    #[serde(borrow)]
     #[schema(value_type = Object)]
-    pub payload: Box<RawValue>,
+    pub payload: &'a RawValue,
     /// The same key within the retention window answers with the original event and stores nothing.
     #[serde(default)]
     pub idempotency_key: Option<String>,
@@ -40,22 +45,23 @@ pub struct EventIn {
 /// A batch as posted.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct BatchIn {
+pub struct BatchIn<'a> {
     /// 1 to `limits.max_batch_events` (default 1000) events, stored all together or not at all.
-    pub events: Vec<EventIn>,
+    #[serde(borrow)]
+    pub events: Vec<EventIn<'a>>,
 }
 
 /// Parses a single-event body. `header_key` is the `Idempotency-Key` header, if any.
-pub fn parse_single(body: &[u8], header_key: Option<&str>) -> Result<EventIn, Problem> {
+pub fn parse_single<'a>(body: &'a [u8], header_key: Option<&str>) -> Result<EventIn<'a>, Problem> {
     let mut ev: EventIn = parse_json(body)?;
     let mut errors = Vec::new();
     merge_header_key(&mut ev, header_key, &mut errors);
-    validate(&ev, "", &mut errors);
+    validate(&ev, None, &mut errors);
     if errors.is_empty() { Ok(ev) } else { Err(Problem::invalid(errors)) }
 }
 
 /// Parses a batch body: all events valid, or a 422 listing every invalid field.
-pub fn parse_batch(body: &[u8], max_events: usize) -> Result<BatchIn, Problem> {
+pub fn parse_batch(body: &[u8], max_events: usize) -> Result<BatchIn<'_>, Problem> {
     let batch: BatchIn = parse_json(body)?;
     if batch.events.is_empty() {
         return Err(Problem::invalid_field("events", "must hold at least one event"));
@@ -65,7 +71,7 @@ pub fn parse_batch(body: &[u8], max_events: usize) -> Result<BatchIn, Problem> {
     }
     let mut errors = Vec::new();
     for (i, ev) in batch.events.iter().enumerate() {
-        validate(ev, &format!("events[{i}]."), &mut errors);
+        validate(ev, Some(i), &mut errors);
         if errors.len() >= 100 {
             break; // enough to fix the request
         }
@@ -73,7 +79,7 @@ pub fn parse_batch(body: &[u8], max_events: usize) -> Result<BatchIn, Problem> {
     if errors.is_empty() { Ok(batch) } else { Err(Problem::invalid(errors)) }
 }
 
-fn merge_header_key(ev: &mut EventIn, header_key: Option<&str>, errors: &mut Vec<FieldError>) {
+fn merge_header_key(ev: &mut EventIn<'_>, header_key: Option<&str>, errors: &mut Vec<FieldError>) {
     match (header_key, &ev.idempotency_key) {
         (Some(h), Some(f)) if h != f => {
             errors.push(FieldError::new("Idempotency-Key", "differs from the body's idempotency_key"));
@@ -101,26 +107,32 @@ pub fn valid_channel(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'@'))
 }
 
-fn validate(ev: &EventIn, prefix: &str, errors: &mut Vec<FieldError>) {
+/// Checks one event's fields; `batch_index` is its place in a batch (fields are named `events[i].…`).
+fn validate(ev: &EventIn<'_>, batch_index: Option<usize>, errors: &mut Vec<FieldError>) {
+    // Only formatted for an error: a batch of valid events formats nothing.
+    let field = |name: &str| match batch_index {
+        Some(i) => format!("events[{i}].{name}"),
+        None => name.to_owned(),
+    };
     if !valid_type_name(&ev.event_type) {
         errors.push(FieldError::new(
-            format!("{prefix}type"),
+            field("type"),
             "must be lowercase words of [a-z0-9_] separated by dots (e.g. ticket.created), at most 128 characters",
         ));
     }
     if ev.channels.len() > MAX_CHANNELS {
-        errors.push(FieldError::new(format!("{prefix}channels"), format!("at most {MAX_CHANNELS} channels")));
+        errors.push(FieldError::new(field("channels"), format!("at most {MAX_CHANNELS} channels")));
     }
     for (i, c) in ev.channels.iter().enumerate() {
         if !valid_channel(c) {
             errors.push(FieldError::new(
-                format!("{prefix}channels[{i}]"),
+                field(&format!("channels[{i}]")),
                 "must be 1-128 characters of letters, digits and _ - . : @",
             ));
         }
     }
     if !ev.payload.get().trim_start().starts_with('{') {
-        errors.push(FieldError::new(format!("{prefix}payload"), "must be a JSON object"));
+        errors.push(FieldError::new(field("payload"), "must be a JSON object"));
     }
     if let Some(key) = &ev.idempotency_key
         && (key.is_empty()
@@ -128,7 +140,7 @@ fn validate(ev: &EventIn, prefix: &str, errors: &mut Vec<FieldError>) {
             || !key.bytes().all(|b| b.is_ascii_graphic()))
     {
         errors.push(FieldError::new(
-            format!("{prefix}idempotency_key"),
+            field("idempotency_key"),
             "must be 1-256 printable ASCII characters without spaces",
         ));
     }
@@ -140,7 +152,7 @@ fn validate(ev: &EventIn, prefix: &str, errors: &mut Vec<FieldError>) {
 pub fn prepare(
     registry: &Registry,
     tenant: u64,
-    ev: EventIn,
+    ev: EventIn<'_>,
     batch_index: Option<usize>,
     errors: &mut Vec<FieldError>,
 ) -> Option<PreparedEvent> {
@@ -173,7 +185,7 @@ pub fn prepare(
     channels.dedup();
     let routes = registry.route(tenant, &ev.event_type, &channels, &payload);
     Some(PreparedEvent {
-        event_type: ev.event_type,
+        event_type: ev.event_type.into_owned(),
         channels,
         payload: text.to_owned(),
         idempotency_key: ev.idempotency_key,
@@ -185,7 +197,7 @@ pub fn prepare(
 pub fn prepare_batch(
     registry: &Registry,
     tenant: u64,
-    batch: BatchIn,
+    batch: BatchIn<'_>,
 ) -> Result<Vec<PreparedEvent>, Problem> {
     let mut errors = Vec::new();
     let mut prepared = Vec::with_capacity(batch.events.len());
@@ -204,7 +216,7 @@ pub fn prepare_batch(
 }
 
 /// [`prepare`] for a single event.
-pub fn prepare_one(registry: &Registry, tenant: u64, ev: EventIn) -> Result<PreparedEvent, Problem> {
+pub fn prepare_one(registry: &Registry, tenant: u64, ev: EventIn<'_>) -> Result<PreparedEvent, Problem> {
     let mut errors = Vec::new();
     match prepare(registry, tenant, ev, None, &mut errors) {
         Some(p) if errors.is_empty() => Ok(p),

@@ -4,8 +4,8 @@ use axum::Json;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::json;
+use serde::ser::SerializeSeq;
+use serde::{Deserialize, Serialize};
 use utoipa::IntoParams;
 
 use super::AppState;
@@ -51,8 +51,37 @@ fn idempotency_header(headers: &HeaderMap) -> Result<Option<String>, Problem> {
         .transpose()
 }
 
-fn accepted_json(a: &Accepted) -> serde_json::Value {
-    json!({"id": EventId(a.id), "received_at": format_ms(a.received_at)})
+/// An accepted event as answered (`AcceptedView` in the OpenAPI document). Ingest answers are
+/// serialized straight from these, without a JSON tree in between: building one per event was ~10 %
+/// of batch ingest's CPU.
+#[derive(Serialize)]
+struct AcceptedOut<'a> {
+    id: EventId,
+    received_at: &'a str,
+}
+
+/// The `data` of a batch's answer. The events of a group share their `received_at`, so its text is
+/// formatted once per run of equal times.
+struct AcceptedList<'a>(&'a [Accepted]);
+
+impl Serialize for AcceptedList<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        let mut time: Option<(u64, String)> = None;
+        for a in self.0 {
+            if time.as_ref().map(|(t, _)| *t) != Some(a.received_at) {
+                time = Some((a.received_at, format_ms(a.received_at)));
+            }
+            let received_at = time.as_ref().map_or("", |(_, text)| text.as_str());
+            seq.serialize_element(&AcceptedOut { id: EventId(a.id), received_at })?;
+        }
+        seq.end()
+    }
+}
+
+#[derive(Serialize)]
+struct BatchOut<'a> {
+    data: AcceptedList<'a>,
 }
 
 /// `POST …/events`: 202 once the event is durable.
@@ -83,7 +112,9 @@ pub async fn ingest_one(
     let Some(a) = accepted.first() else {
         return Err(Problem::internal(&std::io::Error::other("the committer answered no event")));
     };
-    let mut resp = (StatusCode::ACCEPTED, Json(accepted_json(a))).into_response();
+    let received_at = format_ms(a.received_at);
+    let answer = AcceptedOut { id: EventId(a.id), received_at: &received_at };
+    let mut resp = (StatusCode::ACCEPTED, Json(answer)).into_response();
     if a.duplicate {
         resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
     } else {
@@ -106,7 +137,7 @@ pub async fn ingest_batch(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     req: Request,
-) -> Result<(StatusCode, Json<serde_json::Value>), Problem> {
+) -> Result<Response, Problem> {
     check_capacity(&state)?;
     // One key cannot name many events; ignoring it would let a producer believe its retries are safe.
     if req.headers().contains_key("idempotency-key") {
@@ -128,8 +159,7 @@ pub async fn ingest_batch(
         .fold((0, 0), |(n, b), (_, size)| (n + 1, b + size));
     crate::metrics::ingested(fresh, bytes);
     crate::metrics::tenant_ingested(&tenant.id, fresh);
-    let data: Vec<_> = accepted.iter().map(accepted_json).collect();
-    Ok((StatusCode::ACCEPTED, Json(json!({ "data": data }))))
+    Ok((StatusCode::ACCEPTED, Json(BatchOut { data: AcceptedList(&accepted) })).into_response())
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

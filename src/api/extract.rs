@@ -55,7 +55,7 @@ pub async fn read_body(req: Request, limit: u64) -> Result<Bytes, Problem> {
 /// Parses a JSON object into `T`, naming the offending field on error. The body must be one JSON
 /// object and nothing after it: serde would otherwise read an array as the struct's fields in order, and
 /// ignore a second value after the first (a second event would be silently lost).
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
+pub fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, Problem> {
     match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'{') => {}
         // Valid JSON of the wrong shape is a 422; anything else a 400, like any syntax error.

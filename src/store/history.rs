@@ -28,6 +28,7 @@
 use std::cmp::Reverse;
 
 use super::log::Entry;
+use super::ordered::Ordered;
 use super::records;
 use super::segment::Append;
 use super::{Store, StoreError, keys};
@@ -78,7 +79,7 @@ fn is_late(id: u64, a: &AttemptRecord) -> bool {
     (id >> 12) / 1000 > a.sent_at.saturating_add(LATE_MS)
 }
 
-/// Everything one attempt changes, written as one atomic sled batch.
+/// Everything one attempt changes (see [`Store::write_attempt_outcomes`] for how it is written).
 #[derive(Debug)]
 pub struct AttemptOutcomeWrite<'a> {
     pub tenant: u64,
@@ -230,11 +231,18 @@ impl Store {
     }
 
     /// Several outcomes (of one endpoint's attempts that finished together): their records appended to
-    /// the history segments, then everything else as one atomic sled batch. Attempts of one tenant and
-    /// endpoint with consecutive ids form runs (see the module docs); sled's cost is per key, so a
-    /// dispatcher that records many attempts at once pays little per attempt.
+    /// the history segments, then their index entries, delivery state and cursors. Attempts of one
+    /// tenant and endpoint with consecutive ids form runs (see the module docs); sled's cost is per key,
+    /// so a dispatcher that records many attempts at once pays little per attempt.
     ///
-    /// A crash between the append and the sled batch leaves a frame nothing points to (the attempts are
+    /// The sled writes are one atomic batch when any delivery state changes (a failure, a retry: a
+    /// delivery record and its retry-queue entries go together). Otherwise — first-try successes, the
+    /// common case — they are written one by one ([`Ordered`], which saves sled a log write per call):
+    /// the runs' pointers first, then the entries that refer to them, the cursors last, so that a crash
+    /// recovers either the cursor with everything before it or an older cursor (the attempts are made
+    /// again).
+    ///
+    /// A crash between the append and the sled writes leaves a frame nothing points to (the attempts are
     /// made again); the frame is synced before sled is flushed ([`Store::sync`]).
     pub fn write_attempt_outcomes(&self, writes: &[AttemptOutcomeWrite<'_>]) -> Result<(), StoreError> {
         let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
@@ -265,23 +273,37 @@ impl Store {
         // Counted before the index points into them, so that retention cannot delete a segment this
         // write is about to point into; given back if the write fails.
         history.add_refs(pointers.iter().map(|p| p.segment));
-        let mut batch = sled::Batch::default();
+        // Ordered (see [`Ordered`]): each run's pointer first, then what refers to it, the cursors
+        // last. Only a write that changes delivery state (a failure, a retry) pays for a sled batch:
+        // a delivery record and its retry-queue entries must not be recovered one without the other.
+        let mut index = Ordered::default();
         let indexed = (|| {
             for (run, p) in runs.iter().zip(&pointers) {
                 let first = &writes[run.start];
-                batch.insert(&keys::two(keys::ATTEMPT, first.tenant, first.attempt_id), &p.encode());
+                index.insert(keys::two(keys::ATTEMPT, first.tenant, first.attempt_id), p.encode());
+            }
+            for run in &runs {
+                let first = &writes[run.start];
                 let count = (run.len() as u32).to_be_bytes();
-                batch.insert(&keys::two(keys::ATTEMPT_BY_ENDPOINT, first.endpoint, first.attempt_id), &count);
+                index.insert(keys::two(keys::ATTEMPT_BY_ENDPOINT, first.endpoint, first.attempt_id), count);
                 for (lo, hi) in webhook_ranges(writes[run.clone()].iter().map(|w| w.attempt.webhook_id)) {
                     let key = keys::three(keys::WEBHOOK_RUN, first.tenant, lo, first.attempt_id);
-                    batch.insert(&key, &hi.to_be_bytes());
+                    index.insert(key, hi.to_be_bytes());
                 }
             }
             for w in writes {
-                add_outcome(&mut batch, w)?;
+                add_outcome(&mut index, w)?;
             }
-            self.inner.state.apply_batch(batch)?;
-            Ok(())
+            for w in writes {
+                if let Some(c) = w.cursor {
+                    index.insert(keys::one(keys::CURSOR, w.endpoint), c.to_be_bytes());
+                }
+            }
+            if writes.iter().any(|w| matches!(w.delivery, DeliveryChange::Put { .. })) {
+                index.apply_atomically(&self.inner.state)
+            } else {
+                index.apply(&self.inner.state)
+            }
         })();
         if let Err(e) = indexed {
             history.release(pointers.iter().map(|p| p.segment));
@@ -750,7 +772,7 @@ impl Store {
         if self.meta(DONE)?.is_some() {
             return Ok(());
         }
-        let mut batch = sled::Batch::default();
+        let mut batch = Ordered::default();
         let mut n = 0usize;
         for item in self.inner.state.scan_prefix([keys::ATTEMPT]) {
             let (k, v) = item?;
@@ -763,10 +785,10 @@ impl Store {
             add_legacy_webhook_index(&mut batch, tenant, id, &a);
             n += 1;
             if n % 10_000 == 0 {
-                self.inner.state.apply_batch(std::mem::take(&mut batch))?;
+                std::mem::take(&mut batch).apply_atomically(&self.inner.state)?;
             }
         }
-        self.inner.state.apply_batch(batch)?;
+        batch.apply_atomically(&self.inner.state)?;
         self.put_meta(DONE, b"1")?;
         if n > 0 {
             tracing::info!(attempts = n, "indexed the attempt history");
@@ -776,22 +798,22 @@ impl Store {
 }
 
 /// The per-attempt webhook index of stores written before runs (runs have `w` entries instead).
-fn add_legacy_webhook_index(batch: &mut sled::Batch, tenant: u64, attempt_id: u64, a: &AttemptRecord) {
+fn add_legacy_webhook_index(batch: &mut Ordered, tenant: u64, attempt_id: u64, a: &AttemptRecord) {
     let endpoint = a.endpoint_id.to_be_bytes();
-    batch.insert(&keys::three(keys::ATTEMPT_BY_WEBHOOK, tenant, a.webhook_id, attempt_id), &endpoint);
+    batch.insert(keys::three(keys::ATTEMPT_BY_WEBHOOK, tenant, a.webhook_id, attempt_id), endpoint);
 }
 
 /// The per-attempt index entries: failed attempts, late attempts.
-fn add_indexes(batch: &mut sled::Batch, tenant: u64, attempt_id: u64, a: &AttemptRecord) {
+fn add_indexes(batch: &mut Ordered, tenant: u64, attempt_id: u64, a: &AttemptRecord) {
     let endpoint = a.endpoint_id.to_be_bytes();
     if !a.succeeded {
-        batch.insert(&keys::two(keys::FAILED_ATTEMPT, tenant, attempt_id), &endpoint);
+        batch.insert(keys::two(keys::FAILED_ATTEMPT, tenant, attempt_id), endpoint);
     }
     if is_late(attempt_id, a) {
         let mut v = [0u8; 9];
         v[..8].copy_from_slice(&endpoint);
         v[8] = u8::from(a.succeeded);
-        batch.insert(&keys::two(keys::LATE_ATTEMPT, tenant, attempt_id), &v);
+        batch.insert(keys::two(keys::LATE_ATTEMPT, tenant, attempt_id), v);
     }
 }
 
@@ -836,8 +858,8 @@ where
     if ascending { Box::new(it) } else { Box::new(it.rev()) }
 }
 
-/// Adds what one attempt changes, beside its run's entries, to a sled batch.
-fn add_outcome(batch: &mut sled::Batch, w: &AttemptOutcomeWrite<'_>) -> Result<(), StoreError> {
+/// Adds what one attempt changes, beside its run's entries and its endpoint's cursor.
+fn add_outcome(batch: &mut Ordered, w: &AttemptOutcomeWrite<'_>) -> Result<(), StoreError> {
     add_indexes(batch, w.tenant, w.attempt_id, w.attempt);
     // A batch's first attempt records the run of events it carries, so that an event finds its batch.
     if w.attempt.batch
@@ -848,19 +870,16 @@ fn add_outcome(batch: &mut sled::Batch, w: &AttemptOutcomeWrite<'_>) -> Result<(
         let mut v = [0u8; 16];
         v[..8].copy_from_slice(&last.to_be_bytes());
         v[8..].copy_from_slice(&w.attempt.webhook_id.to_be_bytes());
-        batch.insert(&keys::two(keys::BATCH_RANGE, w.endpoint, *first), &v);
+        batch.insert(keys::two(keys::BATCH_RANGE, w.endpoint, *first), v);
     }
     if let DeliveryChange::Put { webhook_id, record, old_due, new_due } = &w.delivery {
-        batch.insert(&keys::two(keys::DELIVERY, w.endpoint, *webhook_id), records::encode(record)?);
+        batch.insert(keys::two(keys::DELIVERY, w.endpoint, *webhook_id), records::encode(record)?);
         if let Some(due) = old_due {
-            batch.remove(&keys::three(keys::QUEUE, w.endpoint, *due, *webhook_id));
+            batch.remove(keys::three(keys::QUEUE, w.endpoint, *due, *webhook_id));
         }
         if let Some(due) = new_due {
-            batch.insert(&keys::three(keys::QUEUE, w.endpoint, *due, *webhook_id), &[]);
+            batch.insert(keys::three(keys::QUEUE, w.endpoint, *due, *webhook_id), []);
         }
-    }
-    if let Some(c) = w.cursor {
-        batch.insert(&keys::one(keys::CURSOR, w.endpoint), &c.to_be_bytes());
     }
     Ok(())
 }
@@ -1204,15 +1223,15 @@ mod tests {
         let runs = recorded(id_floor(T0 + 1_000), 5, 5, GOOD);
         {
             let store = Store::open(&settings).unwrap_or_else(|e| panic!("{e}"));
-            let mut batch = sled::Batch::default();
+            let mut batch = Ordered::default();
             for (id, a) in &legacy {
                 let record = records::encode(a).unwrap_or_else(|e| panic!("{e}"));
-                batch.insert(&keys::two(keys::ATTEMPT, TENANT, *id), record);
-                batch.insert(&keys::two(keys::ATTEMPT_BY_ENDPOINT, a.endpoint_id, *id), &[]);
+                batch.insert(keys::two(keys::ATTEMPT, TENANT, *id), record);
+                batch.insert(keys::two(keys::ATTEMPT_BY_ENDPOINT, a.endpoint_id, *id), []);
                 add_indexes(&mut batch, TENANT, *id, a);
                 add_legacy_webhook_index(&mut batch, TENANT, *id, a);
             }
-            store.inner.state.apply_batch(batch).unwrap_or_else(|e| panic!("{e}"));
+            batch.apply(&store.inner.state).unwrap_or_else(|e| panic!("{e}"));
             let writes: Vec<_> = runs.iter().map(|(id, a)| outcome(*id, a)).collect();
             store.write_attempt_outcomes(&writes).unwrap_or_else(|e| panic!("{e}"));
             store.sync().unwrap_or_else(|e| panic!("{e}"));

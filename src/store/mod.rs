@@ -33,15 +33,18 @@
 //! # Invariants
 //! - An ingest group is one append to the current segment (synced in `fsync` mode) before it is
 //!   acknowledged, and each event carries its routes and idempotency key, so an acknowledged event is
-//!   always deliverable: nothing else must be written for it to reach its endpoints. Its index entries
-//!   and idempotency keys follow in one sled batch; after a crash the frames the index lacks are
-//!   replayed into it ([`segment`]). A frame cut off half-way is dropped whole.
+//!   always deliverable: nothing else must be written for it to reach its endpoints. Its idempotency
+//!   keys, index entries and then the indexed position follow, written in that order rather than as a
+//!   sled batch ([`ordered`]: sled recovers a prefix of what was written); after a crash the frames the
+//!   index lacks are replayed into it ([`segment`]). A frame cut off half-way is dropped whole.
 //! - The payload is stored once, in the log, however many endpoints it matched.
 //! - The outcomes of attempts recorded together (index entries, delivery state, retry-queue entries,
-//!   cursor) are one sled batch on `state`, after their records were appended to the history
-//!   segments: after a crash it is either all there or not at all (then the attempts are redone, and
-//!   the appended frame is garbage nothing points to). The history segment is synced before sled is
-//!   flushed ([`Store::sync`]), so what sled has durably points to durable frames.
+//!   cursor) are written to `state` after their records were appended to the history segments: as one
+//!   sled batch when delivery state changes, else in an order whose every prefix is consistent (run
+//!   pointers, then what refers to them, the cursor last). After a crash the cursor covers only
+//!   attempts whose outcomes are there; the others are redone, and an appended frame nothing points to
+//!   is garbage. The history segment is synced before sled is flushed ([`Store::sync`]), so what sled
+//!   has durably points to durable frames.
 //! - Event ids inside a log record are consecutive, so an event is found with one reverse range seek.
 //!
 //! # Record format
@@ -58,6 +61,7 @@ mod durability;
 mod history;
 mod keys;
 mod log;
+mod ordered;
 pub mod records;
 mod retention;
 pub mod seal;

@@ -28,7 +28,7 @@
 //!
 //! # Durability and recovery
 //! The segment is the truth: a frame is written (and in `fsync` mode synced) before its pointer and
-//! idempotency keys go to sled, in one sled batch with the position the index covers up to. sled is not
+//! idempotency keys go to sled, followed by the position the index covers up to. sled is not
 //! flushed per group; after a crash [`SegmentLog::scan_from`] replays the frames past that position into
 //! the index again. A torn frame at the end of the last segment (a crash mid-write, never acknowledged)
 //! is cut off. In `os` mode a `write` that returned is in the kernel's page cache, so a killed process
