@@ -1,31 +1,17 @@
-//! Group commit: what many concurrent ingest requests hand in is written as one group, made durable
-//! once, routed to the dispatchers, and only then are they all answered.
+//! Group commit: one thread writes what many concurrent ingest requests hand it, makes it durable once,
+//! routes it to the dispatchers, and only then answers them all.
 //!
-//! Two threads, a pipeline. The **writer** (`hookd-commit`) takes the requests queued, checks their
-//! idempotency keys, assigns ids and appends the group to the current segment (one `write`). The
-//! **syncer** (`hookd-sync`) takes every group written since its last round, makes them durable with
-//! one `fdatasync` (in `fsync` mode), puts their index entries in sled, routes them and answers their
-//! requests, in the order they were written. So the disk syncs one group while the next is being
-//! written: the old single thread spent about half its time in `fdatasync` while requests waited for
-//! it, with CPU to spare (37 % of the machine idle during batch ingest in the load bench).
+//! Why a dedicated OS thread: the flush and `fdatasync` block for milliseconds; while one group is being
+//! made durable the next group accumulates in the channel, so the number of syncs per second stays
+//! constant while the events per sync grow with load.
 //!
-//! The writer stays one group ahead, no more: it writes the next group only once the syncer has taken
-//! the last, and meanwhile requests keep gathering. Writing each request as soon as it came (tried
-//! first) made groups of ~5 events instead of ~30 and cost more CPU per event than it saved in waiting.
-//!
-//! Why dedicated OS threads: `fdatasync` blocks for milliseconds; while one round is being made
-//! durable the next groups accumulate, so the number of syncs per second stays constant while the
-//! events per sync grow with load.
-//!
-//! Why here and not in the request task: the writer is the single place where ids are assigned and
+//! Why here and not in the request task: the committer is the single place where ids are assigned and
 //! idempotency keys are checked, so two concurrent requests with the same key cannot both store an event.
-//! A key whose event is written but not yet durable makes the request that reuses it wait until that
-//! event is acknowledged or failed, and then it is looked up again. A request whose client went away
-//! still completes: the committer owns the work once it is queued, so an event is either not stored at
-//! all or stored and routed — never stored and forgotten.
+//! A request whose client went away still completes: the committer owns the work once it is queued, so
+//! an event is either not stored at all or stored and routed — never stored and forgotten.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
@@ -42,10 +28,6 @@ const MAX_GROUP_EVENTS: usize = 20_000;
 const MAX_GROUP_BYTES: usize = 32 << 20;
 /// Requests waiting for the committer; past this, ingest handlers wait (back-pressure, not memory growth).
 const QUEUE_DEPTH: usize = 4096;
-/// Groups written and not yet finished by the syncer, and their bytes: past either, the writer waits
-/// (a slow disk holds requests in the queue above, not groups in memory).
-const MAX_IN_FLIGHT_GROUPS: usize = 1024;
-const MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
 
 /// An event validated and routed by ingest, waiting for its id.
 #[derive(Debug, Clone)]
@@ -104,27 +86,16 @@ pub struct Committer {
 }
 
 impl Committer {
-    /// Starts the committer's threads. The handle is the writer's, which waits for the syncer to
-    /// finish before it ends.
+    /// Starts the committer thread.
     pub fn spawn(
         store: Store,
         ids: Arc<IdGen>,
         on_commit: OnCommit,
     ) -> std::io::Result<(Committer, std::thread::JoinHandle<()>)> {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        let (written_tx, written_rx) = std::sync::mpsc::channel();
-        let in_flight = Arc::new(InFlight::default());
-        let syncer = std::thread::Builder::new().name("hookd-sync".into()).spawn({
-            let (store, in_flight) = (store.clone(), in_flight.clone());
-            move || sync_rounds(&written_rx, &store, &in_flight, &*on_commit)
-        })?;
-        let handle = std::thread::Builder::new().name("hookd-commit".into()).spawn(move || {
-            run(rx, &store, &ids, &in_flight, &written_tx);
-            drop(written_tx); // the syncer finishes what it was handed, then ends
-            if syncer.join().is_err() {
-                tracing::error!("the group committer's sync thread panicked");
-            }
-        })?;
+        let handle = std::thread::Builder::new()
+            .name("hookd-commit".into())
+            .spawn(move || run(rx, &store, &ids, &*on_commit))?;
         Ok((Committer { tx }, handle))
     }
 
@@ -162,14 +133,10 @@ fn run(
     mut rx: mpsc::Receiver<Msg>,
     store: &Store,
     ids: &IdGen,
-    in_flight: &InFlight,
-    written: &std::sync::mpsc::Sender<Written>,
+    on_commit: &(dyn Fn(&[CommittedRecord]) + Send),
 ) {
     while let Some(first) = rx.blocking_recv() {
         let Msg::Commit(first) = first else { break };
-        // While the syncer has not taken the last group written, the next one could not be synced
-        // sooner: keep gathering requests (fewer, larger groups) until it has.
-        in_flight.wait_claimed();
         let (mut n, mut bytes) = (first.events.len(), first.bytes);
         let mut group = vec![first];
         let mut stop = false;
@@ -187,109 +154,13 @@ fn run(
                 Err(_) => break,
             }
         }
-        write_group(store, ids, in_flight, group, bytes, written);
+        commit_group(store, ids, group, on_commit);
         if stop {
             break;
         }
     }
     tracing::debug!("group committer stopped");
 }
-
-/// What the writer handed the syncer and the syncer has not finished: the idempotency keys of those
-/// groups (a request reusing one waits for the outcome), and how many groups and bytes (bounded).
-#[derive(Default)]
-struct InFlight {
-    state: Mutex<InFlightState>,
-    changed: Condvar,
-}
-
-#[derive(Default)]
-struct InFlightState {
-    keys: HashSet<(u64, String)>,
-    groups: usize,
-    bytes: usize,
-    /// Groups handed over that the syncer has not started a round with yet.
-    unclaimed: usize,
-}
-
-impl InFlight {
-    fn lock(&self) -> MutexGuard<'_, InFlightState> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn wait<'a>(&self, guard: MutexGuard<'a, InFlightState>) -> MutexGuard<'a, InFlightState> {
-        self.changed.wait(guard).unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Waits until no group in flight holds this key: its event is then in the index or failed.
-    fn settle(&self, tenant: u64, key: &str) {
-        let mut state = self.lock();
-        // The tuple is built only when the set is not empty: the common case allocates nothing.
-        while !state.keys.is_empty() && state.keys.contains(&(tenant, key.to_owned())) {
-            state = self.wait(state);
-        }
-    }
-
-    /// Counts a written group in, waiting while the syncer is too far behind (never for the first).
-    fn enter(&self, bytes: usize, keys: impl Iterator<Item = (u64, String)>) {
-        let mut state = self.lock();
-        while state.groups > 0
-            && (state.groups >= MAX_IN_FLIGHT_GROUPS || state.bytes + bytes > MAX_IN_FLIGHT_BYTES)
-        {
-            state = self.wait(state);
-        }
-        state.groups += 1;
-        state.bytes += bytes;
-        state.unclaimed += 1;
-        state.keys.extend(keys);
-    }
-
-    /// Waits until the syncer has taken every group handed over.
-    fn wait_claimed(&self) {
-        let mut state = self.lock();
-        while state.unclaimed > 0 {
-            state = self.wait(state);
-        }
-    }
-
-    /// The syncer took `n` groups for a round.
-    fn claim(&self, n: usize) {
-        let mut state = self.lock();
-        state.unclaimed = state.unclaimed.saturating_sub(n);
-        drop(state);
-        self.changed.notify_all();
-    }
-
-    fn leave(&self, bytes: usize, keys: &[(u64, String)]) {
-        let mut state = self.lock();
-        state.groups = state.groups.saturating_sub(1);
-        state.bytes = state.bytes.saturating_sub(bytes);
-        for k in keys {
-            state.keys.remove(k);
-        }
-        drop(state);
-        self.changed.notify_all();
-    }
-}
-
-/// A group appended to the segment (not yet synced), as the writer hands it to the syncer.
-struct Written {
-    started: Instant,
-    received_at: u64,
-    bytes: usize,
-    /// Where its last frame ends: synced through here before it is acknowledged.
-    position: (u64, u64),
-    committed: Vec<CommittedRecord>,
-    first_ids: Vec<u64>,
-    /// Idempotency keys, pointers and the indexed position, in the order they are written.
-    index: Ordered,
-    /// The segments its pointers count in (counted at the append, given back if it fails).
-    segments: Vec<u64>,
-    idempotency_keys: Vec<(u64, String)>,
-    replies: Vec<(Reply, Vec<Slot>)>,
-}
-
-type Reply = oneshot::Sender<Result<Vec<Accepted>, Arc<StoreError>>>;
 
 /// Where one event of a request ended up.
 #[derive(Clone)]
@@ -302,15 +173,11 @@ enum Slot {
     Existing(IdempotencyRecord),
 }
 
-/// The writer's part of a group: idempotency checks, ids, the append. Hands the group to the syncer, or
-/// answers its requests with the error that stopped it.
-fn write_group(
+fn commit_group(
     store: &Store,
     ids: &IdGen,
-    in_flight: &InFlight,
     group: Vec<Request>,
-    bytes: usize,
-    written: &std::sync::mpsc::Sender<Written>,
+    on_commit: &(dyn Fn(&[CommittedRecord]) + Send),
 ) {
     let started = Instant::now();
     let now = crate::time::now_ms();
@@ -318,12 +185,13 @@ fn write_group(
     let mut tenants: Vec<(u64, Vec<EventRecord>)> = Vec::new();
     let mut tenant_index: HashMap<u64, usize> = HashMap::new();
     let mut in_group_keys: HashMap<(u64, String), (usize, usize)> = HashMap::new();
-    let mut replies: Vec<(Reply, Vec<Slot>)> = Vec::with_capacity(group.len());
+    let mut slots: Vec<Vec<Slot>> = Vec::with_capacity(group.len());
+    let mut replies = Vec::with_capacity(group.len());
     let mut failed: Option<StoreError> = None;
 
     for req in group {
+        replies.push(req.reply);
         if failed.is_some() {
-            replies.push((req.reply, Vec::new()));
             continue;
         }
         let t = *tenant_index.entry(req.tenant).or_insert_with(|| {
@@ -337,7 +205,6 @@ fn write_group(
                     req_slots.push(Slot::SameAs { t: t0, pos });
                     continue;
                 }
-                in_flight.settle(req.tenant, key);
                 let k = keys::tenant_named(keys::IDEMPOTENCY, req.tenant, key);
                 match log
                     .get(&k)
@@ -371,95 +238,28 @@ fn write_group(
             });
             req_slots.push(Slot::New { t, pos });
         }
-        replies.push((req.reply, req_slots));
+        slots.push(req_slots);
     }
 
     let result = match failed {
         Some(e) => Err(e),
-        None => append_group(store, ids, tenants, now),
+        None => write_group(store, ids, tenants, now),
     };
-    let group = match result {
-        Ok(group) => group,
+    let (committed, first_ids) = match result {
+        Ok(written) => written,
         Err(e) => {
-            fail(replies, e);
+            let e = Arc::new(e);
+            tracing::error!(error = %e, "group commit failed");
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
             return;
         }
     };
-    let idempotency_keys: Vec<(u64, String)> = in_group_keys.into_keys().collect();
-    in_flight.enter(bytes, idempotency_keys.iter().cloned());
-    let handed = written.send(Written {
-        started,
-        received_at: now,
-        bytes,
-        position: group.position,
-        committed: group.committed,
-        first_ids: group.first_ids,
-        index: group.index,
-        segments: group.segments,
-        idempotency_keys,
-        replies,
-    });
-    if let Err(std::sync::mpsc::SendError(w)) = handed {
-        // The syncer is gone (it panicked): nothing can be acknowledged any more.
-        store.inner.segments.release(w.segments.iter().copied());
-        in_flight.leave(w.bytes, &w.idempotency_keys);
-        fail(w.replies, StoreError::CommitterGone);
-    }
-}
-
-fn fail(replies: Vec<(Reply, Vec<Slot>)>, e: StoreError) {
-    let e = Arc::new(e);
-    tracing::error!(error = %e, "group commit failed");
-    for (reply, _) in replies {
-        let _ = reply.send(Err(e.clone()));
-    }
-}
-
-/// The syncer: each round takes every group written since the last, syncs through the last of them,
-/// then indexes, routes and answers them in order.
-fn sync_rounds(
-    written: &std::sync::mpsc::Receiver<Written>,
-    store: &Store,
-    in_flight: &InFlight,
-    on_commit: &(dyn Fn(&[CommittedRecord]) + Send),
-) {
-    while let Ok(first) = written.recv() {
-        let mut round = vec![first];
-        round.extend(written.try_iter());
-        in_flight.claim(round.len());
-        let through = round.last().map_or((0, 0), |w| w.position);
-        let synced = store.inner.segments.sync_through(through).map_err(Arc::new);
-        for w in round {
-            finish_group(store, in_flight, on_commit, w, synced.as_ref().err());
-        }
-    }
-    tracing::debug!("group committer's syncer stopped");
-}
-
-fn finish_group(
-    store: &Store,
-    in_flight: &InFlight,
-    on_commit: &(dyn Fn(&[CommittedRecord]) + Send),
-    w: Written,
-    sync_error: Option<&Arc<StoreError>>,
-) {
-    let indexed = match sync_error {
-        Some(e) => Err(shared_error(e)),
-        // Not flushed: the frames are the durable copy, and a crash replays them into the index.
-        None => w.index.apply(&store.inner.log),
-    };
-    // Only now may a request reusing one of its keys look it up: it is in the index, or failed.
-    in_flight.leave(w.bytes, &w.idempotency_keys);
-    if let Err(e) = indexed {
-        store.inner.segments.release(w.segments.iter().copied());
-        fail(w.replies, e);
-        return;
-    }
-    on_commit(&w.committed);
-    let events: usize = w.committed.iter().map(|c| c.record.events.len()).sum();
-    crate::metrics::group_committed(events, w.started.elapsed());
-    let (now, first_ids) = (w.received_at, &w.first_ids);
-    for (reply, slots) in w.replies {
+    on_commit(&committed);
+    let events: usize = committed.iter().map(|c| c.record.events.len()).sum();
+    crate::metrics::group_committed(events, started.elapsed());
+    for (reply, slots) in replies.into_iter().zip(slots) {
         let answer = Ok(slots
             .into_iter()
             .map(|slot| match slot {
@@ -481,17 +281,16 @@ fn finish_group(
 /// that event, but reads the whole frame.
 const MAX_RECORD_BYTES: usize = 64 * 1024;
 
-/// Appends each tenant's events as records of consecutive ids to the segments in one write (not
-/// synced: the syncer does that), and prepares the index writes that follow the sync: idempotency
-/// keys, pointers and the indexed position, in that order ([`Ordered`]: not a sled batch, which costs
-/// a write of sled's log each). Returns them with the records and, per tenant (in the order given),
-/// the id of its first event.
-fn append_group(
+/// Appends each tenant's events as records of consecutive ids to the segments in one write (synced in
+/// `fsync` mode), then puts their idempotency keys, their pointers and the indexed position in the
+/// index, in that order ([`Ordered`]: not a sled batch, which costs a write of sled's log each). Returns
+/// the records and, per tenant (in the order given), the id of its first event.
+fn write_group(
     store: &Store,
     ids: &IdGen,
     tenants: Vec<(u64, Vec<EventRecord>)>,
     now: u64,
-) -> Result<AppendedGroup, StoreError> {
+) -> Result<(Vec<CommittedRecord>, Vec<u64>), StoreError> {
     let mut keys_of_group = Ordered::default();
     let mut committed = Vec::with_capacity(tenants.len());
     let mut first_ids = Vec::with_capacity(tenants.len());
@@ -541,23 +340,14 @@ fn append_group(
     }
     // Last: the position says that the keys before it are written (sled recovers a prefix).
     keys_of_group.insert(super::log::indexed_key(), super::log::encode_position(written_up_to));
-    // Counted now, before a later append can close the segment and retention could delete it.
-    let segments: Vec<u64> = pointers.iter().map(|p| p.segment).collect();
-    store.inner.segments.add_refs(segments.iter().copied());
-    Ok(AppendedGroup { committed, first_ids, index: keys_of_group, segments, position: written_up_to })
+    // Not flushed: the frames are the durable copy, and a crash replays them into the index.
+    keys_of_group.apply(&store.inner.log)?;
+    store.inner.segments.add_refs(pointers.iter().map(|p| p.segment));
+    Ok((committed, first_ids))
 }
-
-/// A group's records appended: what the syncer needs to finish it.
-struct AppendedGroup {
-    committed: Vec<CommittedRecord>,
-    first_ids: Vec<u64>,
-    index: Ordered,
-    segments: Vec<u64>,
-    position: (u64, u64),
-}
-
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
@@ -574,11 +364,11 @@ mod tests {
         }
     }
 
-    /// Waves of requests reusing a few keys: the groups pipeline (a key's first event is often written
-    /// and not yet synced when the next request with it is checked), and still each key stores one
-    /// event and every request gets its id.
+    /// Requests reusing keys, spread over many groups (a key's next request usually comes while its
+    /// first event is being synced): each key stores one event and every request gets its id. It
+    /// caught a pipelined committer that checked keys only against the index (DECISIONS.md).
     #[test]
-    fn a_key_reused_while_its_event_is_in_flight_is_answered_with_that_event() {
+    fn a_key_reused_across_groups_is_answered_with_its_first_event() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let store = Store::open(&StoreSettings {
             data_dir: dir.path().to_path_buf(),
@@ -601,8 +391,7 @@ mod tests {
             .enable_all()
             .build()
             .unwrap_or_else(|e| panic!("{e}"));
-        // Four requests in a row share a key: each key's first event is usually still being synced
-        // when the next request with that key is checked.
+        // Four requests in a row share a key.
         const REQUESTS: usize = 400;
         const PER_KEY: usize = 4;
         let answers = rt.block_on(async {

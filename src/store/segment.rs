@@ -45,7 +45,6 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::marker::PhantomData;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
@@ -64,18 +63,21 @@ pub trait Kind {
     const DIR: &'static str;
     /// The first bytes of every segment file of this kind: name and frame-format version.
     const MAGIC: &'static [u8; 8];
+    /// Whether every append is synced in `fsync` mode (else only by [`SegmentLog::sync`]).
+    const SYNC_EACH_APPEND: bool;
     /// A guess of an item's encoded size, to size the write buffer.
     fn estimate(item: &Self::Item) -> usize;
 }
 
-/// The event log's bodies: `segments/`. The group committer syncs each ingest group in `fsync` mode
-/// ([`SegmentLog::sync_through`]) before its events are acknowledged.
+/// The event log's bodies: `segments/`, synced per ingest group in `fsync` mode (an event is
+/// acknowledged once it is there).
 pub struct Events;
 
 impl Kind for Events {
     type Item = EventRecord;
     const DIR: &'static str = "segments";
     const MAGIC: &'static [u8; 8] = MAGIC;
+    const SYNC_EACH_APPEND: bool = true;
     fn estimate(e: &EventRecord) -> usize {
         e.payload.len() + e.event_type.len() + 48
     }
@@ -89,6 +91,7 @@ impl Kind for Attempts {
     type Item = AttemptRecord;
     const DIR: &'static str = "history";
     const MAGIC: &'static [u8; 8] = b"hookdhs1";
+    const SYNC_EACH_APPEND: bool = false;
     fn estimate(a: &AttemptRecord) -> usize {
         a.url.len()
             + a.response_body.len()
@@ -165,8 +168,6 @@ pub struct Append<'a, T> {
 struct Writer {
     segment: u64,
     file: File,
-    /// A second handle on `file`, to sync it without holding the lock while appends go on.
-    sync_handle: Arc<File>,
     len: u64,
     opened: Instant,
     /// A failed write could not be cut off: write no more here.
@@ -182,9 +183,6 @@ pub struct SegmentLog<K: Kind> {
     readers: RwLock<HashMap<u64, Arc<File>>>,
     /// Index entries pointing into each segment.
     refs: Mutex<BTreeMap<u64, u64>>,
-    /// The newest segment a sync failed on (0: none). Its appends are never reported durable: after a
-    /// failed `fdatasync` the kernel may have dropped the dirty pages and a later one can succeed.
-    sync_failed: AtomicU64,
     kind: PhantomData<K>,
 }
 
@@ -220,7 +218,6 @@ impl<K: Kind> SegmentLog<K> {
                 Writer {
                     segment,
                     len: len.max(K::MAGIC.len() as u64),
-                    sync_handle: Arc::new(file.try_clone()?),
                     file,
                     opened: Instant::now(),
                     broken: false,
@@ -237,14 +234,12 @@ impl<K: Kind> SegmentLog<K> {
             writer: Mutex::new(writer),
             readers: RwLock::new(HashMap::new()),
             refs: Mutex::new(BTreeMap::new()),
-            sync_failed: AtomicU64::new(0),
             kind: PhantomData,
         })
     }
 
-    /// Appends records as frames in one write, not synced ([`SegmentLog::sync_through`] does that).
-    /// Returns their pointers and the position everything up to which is now written: `(segment, end
-    /// offset)`.
+    /// Appends records as frames in one write (synced in `fsync` mode). Returns their pointers and
+    /// the position everything up to which is now written: `(segment, end offset)`.
     pub fn append<I>(&self, records: &[Append<'_, I>]) -> Result<(Vec<Pointer>, (u64, u64)), StoreError>
     where
         I: Borrow<K::Item> + Serialize,
@@ -272,7 +267,11 @@ impl<K: Kind> SegmentLog<K> {
                 events: r.items.len() as u32,
             });
         }
-        if let Err(e) = w.file.write_all(&buf) {
+        let written = w.file.write_all(&buf).and_then(|()| match self.mode {
+            Durability::Fsync if K::SYNC_EACH_APPEND => w.file.sync_data(),
+            _ => Ok(()),
+        });
+        if let Err(e) = written {
             // Nothing of this group is acknowledged: cut what reached the file so the next group starts
             // where the pointers say. If even that fails, the next group goes to a new segment (and a
             // replay after a crash may store this group after all: at least once, never lost).
@@ -285,44 +284,14 @@ impl<K: Kind> SegmentLog<K> {
         Ok((pointers, (w.segment, w.len)))
     }
 
-    /// Makes every append so far durable (in `fsync` mode).
+    /// Makes every append so far durable (`fsync` mode; appends of a kind that syncs each one need
+    /// nothing).
     pub fn sync(&self) -> Result<(), StoreError> {
-        let segment = lock(&self.writer).segment;
-        self.sync_through((segment, 0))
-    }
-
-    /// Makes the appends up to `position` (as [`SegmentLog::append`] returned it) durable, in `fsync`
-    /// mode. Appends go on meanwhile: the sync runs on a second handle, without the lock. A segment
-    /// closed since was synced when it was closed; a segment a sync failed on fails every later sync
-    /// (and the next append moves to a new segment).
-    pub fn sync_through(&self, (segment, _): (u64, u64)) -> Result<(), StoreError> {
-        if self.mode != Durability::Fsync {
-            return Ok(());
-        }
-        let failed = || -> StoreError {
-            std::io::Error::other(format!("an earlier sync of segment {segment} failed")).into()
-        };
-        if self.sync_failed.load(Ordering::Acquire) >= segment {
-            return Err(failed());
-        }
-        let handle = {
-            let w = lock(&self.writer);
-            if w.segment != segment {
-                return Ok(()); // closed (and synced) by a rotation
-            }
-            w.sync_handle.clone()
-        };
-        if let Err(e) = handle.sync_data() {
-            self.sync_failed.fetch_max(segment, Ordering::AcqRel);
-            let mut w = lock(&self.writer);
-            if w.segment == segment {
-                w.broken = true;
-            }
-            return Err(e.into());
-        }
-        // A failure reported to a concurrent sync of the same segment counts for this one too.
-        if self.sync_failed.load(Ordering::Acquire) >= segment {
-            return Err(failed());
+        if self.mode == Durability::Fsync && !K::SYNC_EACH_APPEND {
+            // On a second handle, so that appends go on while the disk syncs. A rotation meanwhile
+            // synced the file it closed.
+            let file = lock(&self.writer).file.try_clone()?;
+            file.sync_data()?;
         }
         Ok(())
     }
@@ -334,14 +303,9 @@ impl<K: Kind> SegmentLog<K> {
         self.rotate(&mut w)
     }
 
-    /// Closes the segment being written and starts the next. The closed one is synced first: a
-    /// [`SegmentLog::sync_through`] waiting for it relies on that.
     fn rotate(&self, w: &mut Writer) -> Result<(), StoreError> {
-        if self.mode == Durability::Fsync
-            && let Err(e) = w.file.sync_data()
-        {
-            self.sync_failed.fetch_max(w.segment, Ordering::AcqRel);
-            return Err(e.into());
+        if self.mode == Durability::Fsync {
+            w.file.sync_data()?;
         }
         *w = create(&self.dir, w.segment + 1, self.mode, K::MAGIC)?;
         Ok(())
@@ -532,14 +496,7 @@ fn create(dir: &Path, segment: u64, mode: Durability, magic: &[u8; 8]) -> Result
         file.sync_all()?;
         File::open(dir)?.sync_all()?;
     }
-    Ok(Writer {
-        segment,
-        sync_handle: Arc::new(file.try_clone()?),
-        file,
-        len: magic.len() as u64,
-        opened: Instant::now(),
-        broken: false,
-    })
+    Ok(Writer { segment, file, len: magic.len() as u64, opened: Instant::now(), broken: false })
 }
 
 fn encode_frame<T: Serialize>(
