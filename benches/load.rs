@@ -112,13 +112,12 @@ impl Sink {
 
 fn count_events(body: &[u8]) -> u64 {
     // A batch body holds one `"id":"evt_` per event; a single event holds one.
-    let needle = b"\"id\":\"evt_";
-    (body.windows(needle.len()).filter(|w| w == needle).count() as u64).max(1)
+    (memchr::memmem::find_iter(body, b"\"id\":\"evt_").count() as u64).max(1)
 }
 
 fn find_t(body: &[u8]) -> Option<u64> {
     let needle = b"\"t\":";
-    let i = body.windows(needle.len()).position(|w| w == needle)? + needle.len();
+    let i = memchr::memmem::find(body, needle)? + needle.len();
     let digits: Vec<u8> = body[i..].iter().take_while(|b| b.is_ascii_digit()).copied().collect();
     std::str::from_utf8(&digits).ok()?.parse().ok()
 }
@@ -220,6 +219,33 @@ fn proc_status_mib(pid: Option<u32>, field: &str) -> f64 {
         .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// The daemon's CPU time (user + system) so far, from `/proc/PID/stat` (in USER_HZ ticks, 1/100 s on
+/// Linux). CPU per event is steadier than a rate on a shared machine: it does not move when a
+/// neighbour takes the cores, only when the work per event does.
+fn cpu_secs(pid: Option<u32>) -> f64 {
+    let Some(pid) = pid else { return 0.0 };
+    let Ok(stat) = std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) start at field 3, `state`.
+    let Some((_, rest)) = stat.rsplit_once(')') else { return 0.0 };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    (tick(11) + tick(12)) / 100.0
+}
+
+/// Prints the daemon's CPU per unit of work since `since` (a [`cpu_secs`] reading).
+fn report_cpu(pid: Option<u32>, since: f64, units: u64, unit: &str) {
+    let used = cpu_secs(pid) - since;
+    if units > 0 && used > 0.0 {
+        println!(
+            "{:<44} {:>9.1} µs   ({used:.1} s of CPU)",
+            format!("  daemon CPU per {unit}"),
+            used * 1e6 / units as f64
+        );
+    }
 }
 
 /// One HTTP/1.1 keep-alive connection sending requests back to back.
@@ -531,8 +557,10 @@ async fn run(opts: Opts) -> Res<()> {
     let mut daemon = start_daemon("fsync").await?;
     setup_tenant(daemon.addr, &sink, 0).await?;
 
+    let pid = daemon.child.id();
     if opts.runs("ingest") {
         // 1. Durable single-event ingest, nothing to deliver: the log's own capacity.
+        let cpu = cpu_secs(pid);
         let mut r = drive(
             daemon.addr,
             "/v1/tenants/bench/events",
@@ -542,6 +570,7 @@ async fn run(opts: Opts) -> Res<()> {
         )
         .await?;
         let ingest = report("ingest: single events, fsync, no endpoint", &mut r, 1);
+        report_cpu(pid, cpu, r.requests, "event");
         println!("{:<44} {:>9.0} %", "  ratio to the bare server", 100.0 * ingest / baseline.max(1.0));
     }
     if opts.runs("fanout") {
@@ -554,9 +583,11 @@ async fn run(opts: Opts) -> Res<()> {
         let mut rates = Vec::new();
         for (event_type, n) in [("fanout.one", 1), ("fanout.hundred", 100)] {
             let body = Arc::new(move || typed_single_body(event_type));
+            let cpu = cpu_secs(pid);
             let mut r =
                 drive(daemon.addr, "/v1/tenants/bench/events", opts.connections, opts.secs, body).await?;
             rates.push(report(&format!("ingest: single events, {n} matching endpoint(s)"), &mut r, 1));
+            report_cpu(pid, cpu, r.requests, "event");
         }
         if let [with_one, with_hundred] = rates[..] {
             println!("{:<44} {:>9.0} %", "  100 endpoints vs 1", 100.0 * with_hundred / with_one.max(1.0));
@@ -569,13 +600,17 @@ async fn run(opts: Opts) -> Res<()> {
     if opts.runs("batch") {
         // 2. Durable batch ingest (100 × 500 B per request).
         let conns = opts.connections.min(8);
+        let cpu = cpu_secs(pid);
         let mut r =
             drive(daemon.addr, "/v1/tenants/bench/events/batch", conns, opts.secs, Arc::new(batch_body))
                 .await?;
         report(&format!("ingest: batches of 100, fsync, {conns} conns (events)"), &mut r, 100);
+        report_cpu(pid, cpu, r.requests * 100, "event");
     }
     println!("{:<44} {:>9.1} MiB", "  daemon RSS now", rss_mib(daemon.child.id()));
-    let backlog: u64 = if opts.quick { 5_000 } else { 50_000 };
+    // Backlogs large enough that a drain lasts several seconds in full mode (a drain under a second is
+    // mostly its start and its tail).
+    let backlog: u64 = if opts.quick { 5_000 } else { 200_000 };
     // The live endpoint of `ticket.created` that the combined and steady phases deliver to.
     let mut live_endpoint = false;
     if opts.runs("delivery") {
@@ -584,6 +619,7 @@ async fn run(opts: Opts) -> Res<()> {
             .await
             .map_err(|e| format!("create endpoint: {e}"))?;
         ingest_backlog(daemon.addr, backlog, "ticket.created").await?;
+        let cpu = cpu_secs(pid);
         enable_endpoint(daemon.addr, &endpoint).await?;
         live_endpoint = true;
         let (delivered, rate) =
@@ -593,12 +629,13 @@ async fn run(opts: Opts) -> Res<()> {
             "delivery: single events from a backlog",
             sink.connections.load(Ordering::Relaxed)
         );
+        report_cpu(pid, cpu, delivered, "delivery");
     }
     println!("{:<44} {:>9.1} MiB", "  daemon RSS now", rss_mib(daemon.child.id()));
     if opts.runs("batched") {
         // 3b. Batched delivery alone: 100 events per request, from a backlog of another type.
         sink.reset().await;
-        let batched_backlog = backlog * 4;
+        let batched_backlog = if opts.quick { 20_000 } else { 1_000_000 };
         let body = format!(
             r#"{{"url":"http://{}/batch","event_types":["order.created"],"max_in_flight":16,"enabled":false,"batch":{{"max_events":100,"max_wait_ms":50}}}}"#,
             sink.addr
@@ -610,6 +647,7 @@ async fn run(opts: Opts) -> Res<()> {
         let batch_ep =
             serde_json::from_str::<serde_json::Value>(&b)?["id"].as_str().unwrap_or_default().to_owned();
         ingest_backlog(daemon.addr, batched_backlog, "order.created").await?;
+        let cpu = cpu_secs(pid);
         enable_endpoint(daemon.addr, &batch_ep).await?;
         let limit = Duration::from_secs(if opts.quick { 30 } else { 180 });
         let (delivered, rate) = drain(&sink, batched_backlog, limit).await;
@@ -617,6 +655,7 @@ async fn run(opts: Opts) -> Res<()> {
             "{:<44} {rate:>10.0} /s   ({delivered} of {batched_backlog} events, 100 per request)",
             "delivery: batched events from a backlog"
         );
+        report_cpu(pid, cpu, delivered, "event");
         println!("{:<44} {:>9.1} MiB", "  daemon RSS now", rss_mib(daemon.child.id()));
     }
     if !live_endpoint && (opts.runs("combined") || opts.runs("steady")) {
@@ -625,6 +664,7 @@ async fn run(opts: Opts) -> Res<()> {
     if opts.runs("combined") {
         // 4. Both at once: ingest with one live endpoint; ingest→receipt latency under saturating load.
         sink.reset().await;
+        let cpu = cpu_secs(pid);
         let mut r = drive(
             daemon.addr,
             "/v1/tenants/bench/events",
@@ -636,6 +676,7 @@ async fn run(opts: Opts) -> Res<()> {
         report("ingest + delivery: single events, 1 endpoint", &mut r, 1);
         let (delivered, rate) =
             drain(&sink, r.requests, Duration::from_secs(if opts.quick { 30 } else { 120 })).await;
+        report_cpu(pid, cpu, r.requests, "event in and out");
         println!(
             "{:<44} {rate:>10.0} /s   ({delivered} of {} delivered)",
             "  delivery while ingesting", r.requests
