@@ -388,7 +388,8 @@ impl Dispatcher {
 
     /// Sends the open batch as one request, under a new `bat_…` id.
     fn start_batch(&mut self, entry: &EndpointEntry) {
-        let batch = std::mem::take(&mut self.open_batch);
+        let capacity = entry.record.batch.map_or(0, |b| b.max_events as usize);
+        let batch = std::mem::replace(&mut self.open_batch, Vec::with_capacity(capacity));
         self.open_since = None;
         let batch_id = self.shared.ids.next();
         let ids: Vec<u64> = batch.iter().map(|e| e.id).collect();

@@ -100,7 +100,9 @@ pub fn headers(
     user_agent: &HeaderValue,
     now_ms: u64,
 ) -> HeaderMap {
-    let mut h = HeaderMap::with_capacity(entry.record.headers.len() + 6);
+    // Room for the standard headers and the ones the client adds (`host`, `content-length`) without
+    // the map growing on the way out.
+    let mut h = HeaderMap::with_capacity(entry.record.headers.len() + 8);
     for (k, v) in &entry.record.headers {
         // Validated when the endpoint was saved; a header that no longer parses is skipped, not fatal.
         if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::try_from(v.as_str())) {
