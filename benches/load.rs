@@ -33,7 +33,7 @@ struct Opts {
     connections: usize,
     /// `--soak SECS [--rate N]`: only the retention soak, for that long, at N events/s (default 1000).
     soak: Option<(u64, u64)>,
-    /// `--only PHASE[,PHASE…]`: run only these phases (ingest, fanout, batch, delivery, batched,
+    /// `--only PHASE[,PHASE…]`: run only these phases (idle, ingest, fanout, batch, delivery, batched,
     /// combined, steady), e.g. to profile one.
     only: Option<Vec<String>>,
     /// `--backlog N`: only the backlog phase, with N events.
@@ -488,6 +488,27 @@ async fn soak(secs: u64, rate: u64) -> Res<()> {
     Ok(())
 }
 
+/// RSS of a fresh daemon holding `n` enabled endpoints (with their dispatchers) and no traffic, a few
+/// seconds after the last was created.
+async fn idle(n: usize) -> Res<()> {
+    let sink = start_sink().await?;
+    let daemon = start_daemon("fsync").await?;
+    let pid = daemon.child.id();
+    let before = rss_mib(pid);
+    let started = Instant::now();
+    setup_tenant(daemon.addr, &sink, n).await?;
+    let created = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    println!(
+        "{:<44} {:>9.1} MiB   ({before:.1} MiB with none; {n} created in {:.1} s; peak {:.1} MiB)",
+        format!("idle: daemon RSS with {n} endpoints"),
+        rss_mib(pid),
+        created.as_secs_f64(),
+        peak_rss_mib(pid)
+    );
+    Ok(())
+}
+
 /// `--backlog N`: RSS while a backlog of N events builds up for a disabled endpoint, and while it is
 /// then delivered (single events). The log's bodies are on disk, so RSS should not follow the backlog.
 async fn backlog(events: u64) -> Res<()> {
@@ -548,6 +569,12 @@ async fn run(opts: Opts) -> Res<()> {
         opts.connections,
         opts.secs
     );
+    if opts.runs("idle") {
+        // 0. The daemon's memory at rest with many endpoints: each has its dispatcher task, feed and
+        //    limiter, whether or not anything is sent to it. A daemon of its own, before any load.
+        let n = if opts.quick { 100 } else { 1_000 };
+        idle(n).await?;
+    }
     let bare = start_bare().await?;
     let mut r =
         drive(bare, "/v1/tenants/bench/events", opts.connections, opts.secs, Arc::new(single_body)).await?;
