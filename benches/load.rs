@@ -222,8 +222,9 @@ fn proc_status_mib(pid: Option<u32>, field: &str) -> f64 {
 }
 
 /// The daemon's CPU time (user + system) so far, from `/proc/PID/stat` (in USER_HZ ticks, 1/100 s on
-/// Linux). CPU per event is steadier than a rate on a shared machine: it does not move when a
-/// neighbour takes the cores, only when the work per event does.
+/// Linux). CPU per event moves less than a rate on a shared machine, where a neighbour taking the cores
+/// slows the rate, but it still moves (33–48 µs per single delivery for one binary across runs): compare
+/// builds over alternating runs.
 fn cpu_secs(pid: Option<u32>) -> f64 {
     let Some(pid) = pid else { return 0.0 };
     let Ok(stat) = std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("stat")) else {
