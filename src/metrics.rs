@@ -3,8 +3,8 @@
 //! only on [`TENANT_EVENTS_INGESTED`], for the first [`TENANT_LABELS_MAX`] tenants seen (the rest share
 //! `other`); HTTP routes are labelled by their template (`/v1/tenants/{tenant}/events`), never the path.
 
-use std::collections::HashSet;
-use std::sync::{LazyLock, OnceLock, RwLock};
+use std::collections::HashMap;
+use std::sync::{LazyLock, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
 use metrics::{
@@ -128,8 +128,10 @@ pub fn group_committed(events: usize, elapsed: Duration) {
 }
 
 pub fn ingested(events: usize, bytes: usize) {
-    counter!(EVENTS_INGESTED).increment(events as u64);
-    counter!(BYTES_INGESTED).increment(bytes as u64);
+    static EVENTS: OnceLock<Counter> = OnceLock::new();
+    static BYTES: OnceLock<Counter> = OnceLock::new();
+    EVENTS.get_or_init(|| counter!(EVENTS_INGESTED)).increment(events as u64);
+    BYTES.get_or_init(|| counter!(BYTES_INGESTED)).increment(bytes as u64);
 }
 
 /// One attempt's outcome. `status` is `None` for a transport error.
@@ -203,58 +205,84 @@ pub fn queue(depth: u64, oldest: Duration) {
 
 /// One answered API request. `route` is the matched template or [`UNMATCHED_ROUTE`].
 pub fn http_request(route: &str, method: &http::Method, status: u16, elapsed: Duration) {
-    let method = match *method {
-        http::Method::GET => "GET",
-        http::Method::HEAD => "HEAD",
-        http::Method::POST => "POST",
-        http::Method::PUT => "PUT",
-        http::Method::PATCH => "PATCH",
-        http::Method::DELETE => "DELETE",
-        http::Method::OPTIONS => "OPTIONS",
-        _ => "other",
+    // Every request passes here: the handles of a route's series are looked up (and registered) once,
+    // on first use, instead of building three label strings and two keys per request. Routes are
+    // bounded (the templates hookd declares and `unmatched`), so is the map.
+    const METHODS: [&str; 8] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other"];
+    const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+    type Series = [[OnceLock<(Counter, Histogram)>; CLASSES.len()]; METHODS.len()];
+    static ROUTES: LazyLock<RwLock<HashMap<String, Box<Series>>>> = LazyLock::new(RwLock::default);
+    let m = match *method {
+        http::Method::GET => 0,
+        http::Method::HEAD => 1,
+        http::Method::POST => 2,
+        http::Method::PUT => 3,
+        http::Method::PATCH => 4,
+        http::Method::DELETE => 5,
+        http::Method::OPTIONS => 6,
+        _ => 7,
     };
-    let class = match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+    let c = match status {
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
     };
-    let labels =
-        [("route", route.to_owned()), ("method", method.to_owned()), ("status_class", class.to_owned())];
-    counter!(HTTP_REQUESTS, &labels).increment(1);
-    histogram!(HTTP_REQUEST_SECONDS, &labels).record(elapsed.as_secs_f64());
+    let record = |series: &Series| {
+        let (count, seconds) = series[m][c].get_or_init(|| {
+            let labels = [
+                ("route", route.to_owned()),
+                ("method", METHODS[m].to_owned()),
+                ("status_class", CLASSES[c].to_owned()),
+            ];
+            (counter!(HTTP_REQUESTS, &labels), histogram!(HTTP_REQUEST_SECONDS, &labels))
+        });
+        count.increment(1);
+        seconds.record(elapsed.as_secs_f64());
+    };
+    // The map is only ever inserted into, so a poisoned lock still holds a valid map.
+    if let Some(series) = ROUTES.read().unwrap_or_else(PoisonError::into_inner).get(route) {
+        return record(series);
+    }
+    let mut routes = ROUTES.write().unwrap_or_else(PoisonError::into_inner);
+    record(routes.entry(route.to_owned()).or_default());
 }
 
-/// The tenants that got a label of their own (see [`TENANT_LABELS_MAX`]).
-static TENANT_LABELS: LazyLock<RwLock<HashSet<String>>> = LazyLock::new(RwLock::default);
+/// The tenants that got a label of their own (see [`TENANT_LABELS_MAX`]), with their counter.
+static TENANT_COUNTERS: LazyLock<RwLock<HashMap<String, Counter>>> = LazyLock::new(RwLock::default);
 
-/// The label `tenant`'s events are counted under: its id while fewer than [`TENANT_LABELS_MAX`] tenants
-/// have one, `other` after.
-fn tenant_label(tenant: &str) -> String {
-    // The set is only ever inserted into, so a poisoned lock still holds a valid set.
-    let labelled = TENANT_LABELS.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if labelled.contains(tenant) {
-        return tenant.to_owned();
+/// The counter `tenant`'s events are counted on: labelled with its id while fewer than
+/// [`TENANT_LABELS_MAX`] tenants have one, with `other` after.
+fn tenant_counter(tenant: &str) -> Counter {
+    static OTHER: OnceLock<Counter> = OnceLock::new();
+    let other = || OTHER.get_or_init(|| counter!(TENANT_EVENTS_INGESTED, "tenant" => "other")).clone();
+    // The map is only ever inserted into, so a poisoned lock still holds a valid map.
+    let labelled = TENANT_COUNTERS.read().unwrap_or_else(PoisonError::into_inner);
+    if let Some(counter) = labelled.get(tenant) {
+        return counter.clone();
     }
     let full = labelled.len() >= TENANT_LABELS_MAX;
     drop(labelled);
     if full {
-        return "other".to_owned();
+        return other();
     }
-    let mut labelled = TENANT_LABELS.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if labelled.len() < TENANT_LABELS_MAX || labelled.contains(tenant) {
-        labelled.insert(tenant.to_owned());
-        tenant.to_owned()
-    } else {
-        "other".to_owned()
+    let mut labelled = TENANT_COUNTERS.write().unwrap_or_else(PoisonError::into_inner);
+    if let Some(counter) = labelled.get(tenant) {
+        return counter.clone();
     }
+    if labelled.len() >= TENANT_LABELS_MAX {
+        return other();
+    }
+    let counter = counter!(TENANT_EVENTS_INGESTED, "tenant" => tenant.to_owned());
+    labelled.insert(tenant.to_owned(), counter.clone());
+    counter
 }
 
 /// `events` accepted for `tenant` (its id, as in the path).
 pub fn tenant_ingested(tenant: &str, events: usize) {
     if events > 0 {
-        counter!(TENANT_EVENTS_INGESTED, "tenant" => tenant_label(tenant)).increment(events as u64);
+        tenant_counter(tenant).increment(events as u64);
     }
 }
 
@@ -284,13 +312,16 @@ mod tests {
 
     #[test]
     fn tenant_labels_are_bounded_and_stable() {
-        let first = tenant_label("unit-first");
-        assert_eq!(first, "unit-first");
+        let labelled = |t: &str| TENANT_COUNTERS.read().map(|m| m.contains_key(t)).unwrap_or(false);
+        tenant_ingested("unit-first", 1);
+        assert!(labelled("unit-first"));
         for i in 0..TENANT_LABELS_MAX * 2 {
-            let _ = tenant_label(&format!("unit-{i}"));
+            tenant_ingested(&format!("unit-{i}"), 1);
         }
-        assert_eq!(TENANT_LABELS.read().map(|s| s.len()).unwrap_or(0), TENANT_LABELS_MAX);
-        assert_eq!(tenant_label("unit-first"), "unit-first", "a labelled tenant keeps its label");
-        assert_eq!(tenant_label("unit-late-comer"), "other");
+        assert_eq!(TENANT_COUNTERS.read().map(|m| m.len()).unwrap_or(0), TENANT_LABELS_MAX);
+        tenant_ingested("unit-first", 1);
+        assert!(labelled("unit-first"), "a labelled tenant keeps its label");
+        tenant_ingested("unit-late-comer", 1);
+        assert!(!labelled("unit-late-comer"), "a tenant past the bound is counted as other");
     }
 }

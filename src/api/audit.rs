@@ -1,9 +1,9 @@
 //! The audit trail: who changed what, when, from where.
 //!
-//! [`record`] sits behind authentication on every `/v1` route and keeps one [`AuditRecord`] per
-//! authenticated write (`POST`, `PUT`, `PATCH`, `DELETE`), whatever its outcome — refused writes are
-//! part of the story — except event ingest, which is data, not configuration, and too hot to log per
-//! request. Unauthenticated requests leave nothing (they would let anyone fill the trail). The record
+//! [`record`] sits behind authentication on every `/v1` route but event ingest (data, not
+//! configuration, and too hot to log per request: the router leaves it out) and keeps one
+//! [`AuditRecord`] per authenticated write (`POST`, `PUT`, `PATCH`, `DELETE`), whatever its outcome —
+//! refused writes are part of the story. Unauthenticated requests leave nothing (they would let anyone fill the trail). The record
 //! holds the route, the path, the tenant and the object's id (from the path, or the `id` a create
 //! answered with); never a body, so never a secret.
 //!
@@ -34,8 +34,6 @@ use crate::model::AuditRecord;
 use crate::store::AuditFilter;
 use crate::time::format_ms;
 
-/// Writes that are event data, not configuration: not audited.
-const NOT_AUDITED: &[&str] = &["/v1/tenants/{tenant}/events", "/v1/tenants/{tenant}/events/batch"];
 /// Most of a create's answer read to find its `id` (answers are small; a larger one is not parsed).
 const MAX_ANSWER_READ: usize = 256 * 1024;
 
@@ -45,12 +43,12 @@ fn is_write(method: &Method) -> bool {
 
 /// The middleware: runs the request, then appends its record.
 pub async fn record(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if !is_write(req.method()) {
+        return next.run(req).await;
+    }
     let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
     let principal = req.extensions().get::<Principal>().cloned();
     let (Some(route), Some(principal)) = (route, principal) else { return next.run(req).await };
-    if !is_write(req.method()) || NOT_AUDITED.contains(&route.as_str()) {
-        return next.run(req).await;
-    }
     let method = req.method().to_string();
     let path = req.uri().path().to_owned();
     let (mut parts, body) = req.into_parts();

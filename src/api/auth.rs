@@ -293,8 +293,9 @@ pub async fn authenticate(
     };
     let principal = identify(&state, token, client_ip)?;
 
-    let path = parts.extensions.get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_default();
-    let Some(need) = requirement(&parts.method, &path) else {
+    let matched = parts.extensions.get::<MatchedPath>().cloned();
+    let path = matched.as_ref().map_or("", MatchedPath::as_str);
+    let Some(need) = requirement(&parts.method, path) else {
         tracing::error!(method = %parts.method, route = %path, "route missing from the access table; refused");
         return Err(forbidden("this route has no access rule and is refused"));
     };

@@ -80,10 +80,10 @@ pub async fn method_not_allowed() -> Problem {
 /// label, and unmatched paths share one value: the series are bounded by the routes hookd declares.
 pub async fn track(req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+    let route = req.extensions().get::<MatchedPath>().cloned();
     let method = req.method().clone();
     let resp = next.run(req).await;
-    let route = route.as_deref().unwrap_or(crate::metrics::UNMATCHED_ROUTE);
+    let route = route.as_ref().map_or(crate::metrics::UNMATCHED_ROUTE, MatchedPath::as_str);
     crate::metrics::http_request(route, &method, resp.status().as_u16(), started.elapsed());
     resp
 }

@@ -56,6 +56,9 @@ async fn every_authenticated_write_is_in_the_trail_and_no_secret_is() {
     let key_id = key["id"].as_str().expect("key id").to_owned();
     // Not audited: event ingest, reads, and requests without a valid token.
     daemon.ingest("acme", "ticket.created", json!({ "n": 1 })).await;
+    let batch = json!({ "events": [{ "type": "ticket.created", "payload": { "n": 2 } }] });
+    let (status, body) = daemon.post("/v1/tenants/acme/events/batch", batch).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     daemon.get("/v1/tenants/acme/endpoints").await;
     let anonymous = daemon.raw(Method::DELETE, &path, &[], "").await;
     assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
@@ -92,6 +95,7 @@ async fn every_authenticated_write_is_in_the_trail_and_no_secret_is() {
     assert_eq!(by_key["actor"], key_id.as_str(), "{by_key}");
     assert_eq!(by_key["target"], other.as_str(), "{by_key}");
     assert_eq!(by_key["tenant"], "acme");
+    assert_eq!(by_key["path"], "/v1/tenants/acme/endpoints", "the path as sent, prefix included");
     let first_create = &entries[6];
     assert_eq!(first_create["actor"], "admin token");
     assert_eq!(first_create["client_ip"], "127.0.0.1");
