@@ -180,7 +180,7 @@ async fn start_daemon_with(durability: &str, storage_extra: &str) -> Res<Daemon>
     let mut child = command
         .args(["serve", "--config"])
         .arg(&path)
-        .env("HOOKD_LOG", "warn")
+        .env("HOOKD_LOG", std::env::var("HOOKD_BENCH_LOG").unwrap_or_else(|_| "warn".to_owned()))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)

@@ -1,10 +1,11 @@
 //! Operational routes: liveness, readiness, metrics, the fallbacks, and the request metrics middleware.
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use axum::Json;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -78,12 +79,97 @@ pub async fn method_not_allowed() -> Problem {
 /// Counts and times every answered request by route template, method and status class
 /// (`hookd_http_requests_total`, `hookd_http_request_seconds`). The template, never the path, is the
 /// label, and unmatched paths share one value: the series are bounded by the routes hookd declares.
+///
+/// A server error is also logged, with the method, path (never the query string) and peer: the request
+/// span that would carry them is debug-only (see `server::serve`), so this line is what ties a
+/// handler's error to its request at the default level. Not a `503`: that is deliberate back-pressure
+/// (disk space, shutdown), logged once by its cause, and would otherwise flood the log at full rate.
 pub async fn track(req: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = req.extensions().get::<MatchedPath>().cloned();
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
     let method = req.method().clone();
+    let uri = req.uri().clone();
     let resp = next.run(req).await;
+    let status = resp.status();
     let route = route.as_ref().map_or(crate::metrics::UNMATCHED_ROUTE, MatchedPath::as_str);
-    crate::metrics::http_request(route, &method, resp.status().as_u16(), started.elapsed());
+    let elapsed = started.elapsed();
+    crate::metrics::http_request(route, &method, status.as_u16(), elapsed);
+    if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+        tracing::warn!(
+            method = %method,
+            path = uri.path(),
+            peer = peer.map(|p| p.to_string()).as_deref(),
+            status = status.as_u16(),
+            elapsed_ms = elapsed.as_millis() as u64,
+            "request answered with a server error"
+        );
+    }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use axum::Router;
+    use axum::body::Body;
+    use axum::routing::get;
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    /// A writer the test reads back: every log line the subscriber wrote.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_server_error_is_logged_with_its_request_but_back_pressure_and_success_are_not() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let app = Router::new()
+            .route("/v1/boom/{id}", get(|| async { StatusCode::INTERNAL_SERVER_ERROR }))
+            .route("/v1/busy", get(|| async { StatusCode::SERVICE_UNAVAILABLE }))
+            .route("/v1/fine", get(|| async { "fine" }))
+            .layer(axum::middleware::from_fn(track));
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        tracing::subscriber::with_default(subscriber, || {
+            runtime.block_on(async {
+                for path in ["/v1/boom/x1?q=secret-search", "/v1/busy", "/v1/fine"] {
+                    let mut req = Request::builder().uri(path).body(Body::empty()).unwrap();
+                    req.extensions_mut().insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 7], 4000))));
+                    app.clone().oneshot(req).await.unwrap();
+                }
+            });
+        });
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        for part in [
+            "WARN",
+            "request answered with a server error",
+            "method=GET",
+            "path=\"/v1/boom/x1\"",
+            "peer=\"127.0.0.7:4000\"",
+            "status=500",
+        ] {
+            assert!(lines[0].contains(part), "{part} missing: {text}");
+        }
+        assert!(!text.contains("secret-search"), "the query string reached the log: {text}");
+    }
 }

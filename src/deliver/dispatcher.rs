@@ -622,9 +622,11 @@ impl Dispatcher {
             now,
         );
         let client = self.shared.client.clone();
-        // One span per attempt: the client's and the classifier's logs say which delivery they are about.
-        // (Its attempt id is taken when it is recorded: see `finish`.)
-        let span = tracing::info_span!(
+        // One span per attempt, at debug level like the line it carries: the client's and the
+        // classifier's logs say which delivery they are about. (Its attempt id is taken when it is
+        // recorded: see `finish`.) At `info` nothing is logged within an attempt, and the span would
+        // only cost its formatting per attempt.
+        let span = tracing::debug_span!(
             "attempt",
             endpoint = %EndpointId(self.endpoint),
             webhook_id = %webhook_text(webhook_id, batch_id),
