@@ -600,6 +600,7 @@ async fn run(opts: Opts) -> Res<()> {
         let ingest = report("ingest: single events, fsync, no endpoint", &mut r, 1);
         report_cpu(pid, cpu, r.requests, "event");
         println!("{:<44} {:>9.0} %", "  ratio to the bare server", 100.0 * ingest / baseline.max(1.0));
+        println!("{:<44} {:>9.1} MiB", "  daemon RSS now", rss_mib(daemon.child.id()));
     }
     if opts.runs("fanout") {
         // 1b. What fan-out costs ingest: events of a type matching 1 endpoint, then of a type matching 100.
@@ -623,8 +624,8 @@ async fn run(opts: Opts) -> Res<()> {
         for id in one.iter().chain(&hundred) {
             admin(daemon.addr, "DELETE", &format!("/v1/tenants/bench/endpoints/{id}"), String::new()).await?;
         }
+        println!("{:<44} {:>9.1} MiB", "  daemon RSS now", rss_mib(daemon.child.id()));
     }
-    println!("{:<44} {:>9.1} MiB", "  daemon RSS now", rss_mib(daemon.child.id()));
     if opts.runs("batch") {
         // 2. Durable batch ingest (100 × 500 B per request).
         let conns = opts.connections.min(8);
@@ -634,8 +635,8 @@ async fn run(opts: Opts) -> Res<()> {
                 .await?;
         report(&format!("ingest: batches of 100, fsync, {conns} conns (events)"), &mut r, 100);
         report_cpu(pid, cpu, r.requests * 100, "event");
+        println!("{:<44} {:>9.1} MiB", "  daemon RSS now", rss_mib(daemon.child.id()));
     }
-    println!("{:<44} {:>9.1} MiB", "  daemon RSS now", rss_mib(daemon.child.id()));
     // Backlogs large enough that a drain lasts several seconds in full mode (a drain under a second is
     // mostly its start and its tail).
     let backlog: u64 = if opts.quick { 5_000 } else { 200_000 };
@@ -658,8 +659,8 @@ async fn run(opts: Opts) -> Res<()> {
             sink.connections.load(Ordering::Relaxed)
         );
         report_cpu(pid, cpu, delivered, "delivery");
+        println!("{:<44} {:>9.1} MiB", "  daemon RSS now", rss_mib(daemon.child.id()));
     }
-    println!("{:<44} {:>9.1} MiB", "  daemon RSS now", rss_mib(daemon.child.id()));
     if opts.runs("batched") {
         // 3b. Batched delivery alone: 100 events per request, from a backlog of another type.
         sink.reset().await;
