@@ -498,24 +498,30 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(view)))
 }
 
+/// `?…` of the key list; unknown parameters are refused (see [`Page`]).
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct ListFilter {
     /// Only the keys bound to this tenant.
     pub tenant: Option<String>,
+    /// 1 to 250; 50 when absent.
+    pub limit: Option<String>,
+    /// The previous page's `next_cursor`.
+    pub cursor: Option<String>,
 }
 
 /// `GET /v1/api-keys?tenant=`: in creation order, revoked ones included.
-#[utoipa::path(get, path = "/v1/api-keys", tag = "api-keys", params(Page, ListFilter), responses(
+#[utoipa::path(get, path = "/v1/api-keys", tag = "api-keys", params(ListFilter), responses(
     (status = 200, description = "In creation order, revoked keys included.", body = ListView<KeyView>),
     (status = 400, response = BadRequest), (status = 422, response = Unprocessable),
 ))]
 pub async fn list(
     State(state): State<AppState>,
     principal: Principal,
-    Q(page): Q<Page>,
-    Q(filter): Q<ListFilter>,
+    Q(mut filter): Q<ListFilter>,
 ) -> Result<Json<ListView<KeyView>>, Problem> {
+    let page = Page { limit: filter.limit.take(), cursor: filter.cursor.take() };
     let limit = page.limit()?;
     let after = match page.cursor.as_deref() {
         None => None,

@@ -431,19 +431,25 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(view)))
 }
 
+/// `?…` of the endpoint list; unknown parameters are refused (see [`Page`]).
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// `name`, `url` or `created_at` (the default), prefixed with `-` for descending.
     pub sort: Option<String>,
     /// Case-insensitive substring of the name, URL or description.
     pub q: Option<String>,
+    /// 1 to 250; 50 when absent.
+    pub limit: Option<String>,
+    /// The previous page's `next_cursor`.
+    pub cursor: Option<String>,
 }
 
 /// `GET`: sortable by name, url, created_at, last_triggered_at (prefix `-` for descending); `q` searches name, url and
 /// description (case-insensitive substring). The cursor is an offset into that order.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/endpoints", tag = "endpoints",
-    params(TenantPath, Page, ListQuery), responses(
+    params(TenantPath, ListQuery), responses(
         (status = 200, description = "The tenant's endpoints, without secrets.", body = ListView<EndpointView>),
         (status = 400, response = BadRequest), (status = 404, response = NotFound),
         (status = 422, response = Unprocessable),
@@ -451,9 +457,9 @@ pub struct ListQuery {
 pub async fn list(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
-    Q(page): Q<Page>,
-    Q(q): Q<ListQuery>,
+    Q(mut q): Q<ListQuery>,
 ) -> Result<Json<ListView<EndpointView>>, Problem> {
+    let page = Page { limit: q.limit.take(), cursor: q.cursor.take() };
     let limit = page.limit()?;
     let offset = match page.cursor.as_deref() {
         None => 0,

@@ -162,8 +162,10 @@ pub async fn ingest_batch(
     Ok((StatusCode::ACCEPTED, Json(BatchOut { data: AcceptedList(&accepted) })).into_response())
 }
 
+/// `?…` of the event list; unknown parameters are refused (see [`Page`]).
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Only events of this type.
     #[serde(rename = "type")]
@@ -174,10 +176,14 @@ pub struct ListQuery {
     pub since: Option<String>,
     /// RFC 3339: received before.
     pub until: Option<String>,
+    /// 1 to 250; 50 when absent.
+    pub limit: Option<String>,
+    /// The previous page's `next_cursor`.
+    pub cursor: Option<String>,
 }
 
 /// `GET …/events`: newest first.
-#[utoipa::path(get, path = "/v1/tenants/{tenant}/events", tag = "events", params(TenantPath, Page, ListQuery),
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/events", tag = "events", params(TenantPath, ListQuery),
     responses(
         (status = 200, description = "Newest first.", body = ListView<EventView>),
         (status = 400, response = BadRequest), (status = 404, response = NotFound),
@@ -186,9 +192,9 @@ pub struct ListQuery {
 pub async fn list(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
-    Q(page): Q<Page>,
-    Q(q): Q<ListQuery>,
+    Q(mut q): Q<ListQuery>,
 ) -> Result<Json<ListView<EventView>>, Problem> {
+    let page = Page { limit: q.limit.take(), cursor: q.cursor.take() };
     let limit = page.limit()?;
     let before = page
         .cursor

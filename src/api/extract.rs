@@ -144,9 +144,12 @@ impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for P<T> {
     }
 }
 
-/// `?limit=&cursor=` of list routes.
+/// `?limit=&cursor=` of list routes. Unknown parameters are refused (`422` naming them): a misspelt
+/// filter must not quietly list everything. A route with filters declares `limit` and `cursor` in its
+/// own query struct (serde cannot refuse unknown fields across two) and builds a `Page` from them.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct Page {
     /// 1 to 250; 50 when absent.
     pub limit: Option<String>,

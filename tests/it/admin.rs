@@ -805,3 +805,33 @@ async fn path_and_query_rejections_are_problem_json() {
         assert_problem(&response, response.status, "");
     }
 }
+
+#[tokio::test]
+async fn every_list_refuses_an_unknown_parameter_and_takes_its_own_with_a_page() {
+    let daemon = Daemon::start().await;
+    daemon.create_tenant("acme").await;
+    daemon.create_endpoint("acme", json!({ "url": "http://127.0.0.1:9/hook", "enabled": false })).await;
+    daemon.ingest("acme", "order.created", json!({ "n": 1 })).await;
+    let lists = [
+        ("/v1/tenants", "limit=1"),
+        ("/v1/event-types", "limit=1"),
+        ("/v1/tenants/acme/events", "limit=1&type=order.created"),
+        ("/v1/tenants/acme/endpoints", "limit=1&q=127.0.0.1"),
+        ("/v1/tenants/acme/attempts", "limit=1&status=failed"),
+        ("/v1/api-keys", "limit=1&tenant=acme"),
+        ("/v1/audit", "limit=1&tenant=acme"),
+    ];
+    for (list, own) in lists {
+        let (status, body) = daemon.get(&format!("{list}?{own}")).await;
+        assert_eq!(status, StatusCode::OK, "{list}?{own}: {body}");
+        assert!(body["data"].is_array(), "{list}?{own}: {body}");
+        // A misspelt filter (`types` for `type`) must not quietly list everything.
+        let response = daemon.send(Method::GET, &format!("{list}?{own}&types=order.created"), None).await;
+        assert_problem(&response, StatusCode::UNPROCESSABLE_ENTITY, "types");
+    }
+    // The filters still filter alongside a page.
+    let (_, events) = daemon.get("/v1/tenants/acme/events?limit=5&type=order.created").await;
+    assert_eq!(events["data"].as_array().map(Vec::len), Some(1), "{events}");
+    let (_, none) = daemon.get("/v1/tenants/acme/events?limit=5&type=order.cancelled").await;
+    assert_eq!(none["data"].as_array().map(Vec::len), Some(0), "{none}");
+}
