@@ -165,6 +165,11 @@ impl Dispatcher {
         let offset = Duration::from_millis(self.endpoint % period.as_millis().max(1) as u64);
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        // A feed starts behind the log, from the cursor. Read up to the log's end now rather than at the
+        // first tick: for an endpoint just created disabled on a busy tenant, the tick came up to 5 s
+        // later and then scanned every event committed meanwhile (the load bench's fan-out phase spent
+        // a quarter of the daemon's CPU there, 100 new endpoints each scanning ~100k events).
+        self.read_ahead();
         // The entry of the previous pass: the outcomes still unwritten when the endpoint is deleted are
         // recorded with it.
         let mut previous: Option<Arc<EndpointEntry>> = None;
@@ -977,16 +982,7 @@ impl Dispatcher {
     /// Every few seconds: an idle endpoint's cursor follows the log, so a restart does not re-read what
     /// other endpoints got meanwhile.
     fn on_tick(&mut self) {
-        // Behind the log with nothing read ahead (typically a disabled endpoint, which starts no
-        // attempts and so never reads): read ahead into the bounded backlog, sending nothing, so that
-        // the cursor moves up to just before the first event this endpoint still needs. Otherwise a
-        // disabled endpoint would hold its tenant's log from where it was disabled, even when none of
-        // the later events are for it, and retention could purge none of them.
-        if self.backlog.is_empty()
-            && let Some(from) = self.feed.lag_from()
-        {
-            self.read_log(from);
-        }
+        self.read_ahead();
         // Read the routed mark before looking at the feed: everything up to it was pushed already.
         let routed = self.shared.routed_upto.load(Ordering::Acquire);
         if self.pending.is_empty() && self.backlog.is_empty() && !self.feed.has_work() {
@@ -998,6 +994,19 @@ impl Dispatcher {
         }
         if self.stats_persisted.elapsed() >= STATS_PERSIST_EVERY {
             self.persist_stats();
+        }
+    }
+
+    /// Behind the log with nothing read ahead (typically a disabled endpoint, which starts no attempts
+    /// and so never reads): reads ahead into the bounded backlog, sending nothing, so that the cursor
+    /// moves up to just before the first event this endpoint still needs. Otherwise a disabled endpoint
+    /// would hold its tenant's log from where it was disabled, even when none of the later events are
+    /// for it, and retention could purge none of them.
+    fn read_ahead(&mut self) {
+        if self.backlog.is_empty()
+            && let Some(from) = self.feed.lag_from()
+        {
+            self.read_log(from);
         }
     }
 
