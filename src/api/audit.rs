@@ -3,9 +3,9 @@
 //! [`record`] sits behind authentication on every `/v1` route but event ingest (data, not
 //! configuration, and too hot to log per request: the router leaves it out) and keeps one
 //! [`AuditRecord`] per authenticated write (`POST`, `PUT`, `PATCH`, `DELETE`), whatever its outcome —
-//! refused writes are part of the story. Unauthenticated requests leave nothing (they would let anyone fill the trail). The record
-//! holds the route, the path, the tenant and the object's id (from the path, or the `id` a create
-//! answered with); never a body, so never a secret.
+//! refused writes are part of the story. Unauthenticated requests leave nothing (they would let
+//! anyone fill the trail). The record holds the route, the path as sent, the tenant and the object's
+//! id (from the path, or the `id` a create answered with); never a body, so never a secret.
 //!
 //! The record is written after the handler answered and made durable before the answer leaves, so a
 //! write the caller saw succeed is in the trail; if the trail cannot be written the answer still goes
