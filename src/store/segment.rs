@@ -114,13 +114,15 @@ const SEGMENT_BYTES: u64 = 64 << 20;
 const SEGMENT_MAX_AGE: Duration = Duration::from_secs(3600);
 /// In `fsync` mode a group that grows the segment file also writes this many zero bytes after it, so
 /// that the groups after it overwrite bytes the file already has. `fdatasync` then flushes only the
-/// data: a group that grows the file also has to journal the inode (its size and new blocks), which
-/// measured here made a small group's sync take 1.7 times as long (p50 240 → 145 µs for 4 KiB).
+/// data: a group that grows the file also has to write its inode (size, new blocks: on this machine's
+/// ext4, which runs without a journal, a synchronous write of the inode's block; with a journal, a
+/// journal commit), which measured here made a small group's sync take 1.7 times as long (p50 240 →
+/// 145 µs for 4 KiB).
 const RESERVE_BYTES: u64 = 1 << 20;
 /// A group larger than this grows the file without reserving. Reserving writes every byte twice
-/// (zeros, then data) to save one journal commit per group, which pays for small groups only: the
+/// (zeros, then data) to save one inode write per group, which pays for small groups only: the
 /// daemon's single-event ingest groups measured 0.5–4.3 KiB (p10–p90); one batch-ingest request
-/// (100 × 500 B) is a 64 KiB frame, and reserving for those cut batch ingest by about a tenth.
+/// (100 × 500 B) is a 64 KiB frame, and reserving for those doubled batch ingest's disk writes.
 const RESERVE_MAX_GROUP: usize = 16 << 10;
 /// No frame is larger than this: a corrupt length is not believed.
 const MAX_FRAME_BODY: usize = 64 << 20;
