@@ -86,7 +86,7 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, stop: 
             // the method and path (never the query string, which may hold search text, nor any header,
             // which may hold a credential). At the default `info` it is not created: formatting its
             // fields into a span slot cost ~15 % of a single-event ingest's CPU. A server error is
-            // logged with its method, path and peer at every level (`api::ops::track`).
+            // logged with its method, path and peer at every level (`api::ops::Track`).
             let span = tracing::debug_span!("request", method = %req.method(), path = %req.uri().path(), peer = %peer);
             async move {
                 let started = std::time::Instant::now();

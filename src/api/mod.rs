@@ -127,7 +127,7 @@ pub fn router(state: AppState) -> Router {
     app.fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         // Outermost: sees every answer, refusals and unmatched paths included.
-        .layer(axum::middleware::from_fn(ops::track))
+        .layer(ops::Track)
         .with_state(state)
 }
 

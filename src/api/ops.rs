@@ -1,15 +1,18 @@
 //! Operational routes: liveness, readiness, metrics, the fallbacks, and the request metrics middleware.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::Json;
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
-use axum::http::{StatusCode, header};
-use axum::middleware::Next;
+use axum::http::{Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
+use tower::{Layer, Service};
 
 use super::AppState;
 use super::problem::Problem;
@@ -84,28 +87,101 @@ pub async fn method_not_allowed() -> Problem {
 /// span that would carry them is debug-only (see `server::serve`), so this line is what ties a
 /// handler's error to its request at the default level. Not a `503`: that is deliberate back-pressure
 /// (disk space, shutdown), logged once by its cause, and would otherwise flood the log at full rate.
-pub async fn track(req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let route = req.extensions().get::<MatchedPath>().cloned();
-    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
-    let method = req.method().clone();
-    let uri = req.uri().clone();
-    let resp = next.run(req).await;
-    let status = resp.status();
-    let route = route.as_ref().map_or(crate::metrics::UNMATCHED_ROUTE, MatchedPath::as_str);
-    let elapsed = started.elapsed();
-    crate::metrics::http_request(route, &method, status.as_u16(), elapsed);
-    if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
-        tracing::warn!(
-            method = %method,
-            path = uri.path(),
-            peer = peer.map(|p| p.to_string()).as_deref(),
-            status = status.as_u16(),
-            elapsed_ms = elapsed.as_millis() as u64,
-            "request answered with a server error"
-        );
+///
+/// A tower layer rather than `axum::middleware::from_fn`: every request passes here, and `from_fn`
+/// boxes the inner service's future and clones the boxed inner service per request.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Track;
+
+impl<S> Layer<S> for Track {
+    type Service = Tracked<S>;
+
+    fn layer(&self, inner: S) -> Tracked<S> {
+        Tracked { inner }
     }
-    resp
+}
+
+/// A service wrapped by [`Track`].
+#[derive(Clone, Debug)]
+pub struct Tracked<S> {
+    inner: S,
+}
+
+impl<S> Service<Request> for Tracked<S>
+where
+    S: Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = TrackedFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let seen = Seen {
+            started: Instant::now(),
+            route: req.extensions().get::<MatchedPath>().cloned(),
+            peer: req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0),
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+        };
+        TrackedFuture { inner: self.inner.call(req), seen: Some(seen) }
+    }
+}
+
+/// What [`Track`] notes of a request before it is handled.
+struct Seen {
+    started: Instant,
+    route: Option<MatchedPath>,
+    peer: Option<SocketAddr>,
+    method: Method,
+    uri: Uri,
+}
+
+impl Seen {
+    fn answered(self, status: StatusCode) {
+        let route = self.route.as_ref().map_or(crate::metrics::UNMATCHED_ROUTE, MatchedPath::as_str);
+        let elapsed = self.started.elapsed();
+        crate::metrics::http_request(route, &self.method, status.as_u16(), elapsed);
+        if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+            tracing::warn!(
+                method = %self.method,
+                path = self.uri.path(),
+                peer = self.peer.map(|p| p.to_string()).as_deref(),
+                status = status.as_u16(),
+                elapsed_ms = elapsed.as_millis() as u64,
+                "request answered with a server error"
+            );
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of a [`Tracked`] service: the inner one's, recorded when it answers.
+    pub struct TrackedFuture<F> {
+        #[pin]
+        inner: F,
+        seen: Option<Seen>,
+    }
+}
+
+impl<F, E> Future for TrackedFuture<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let answer = std::task::ready!(this.inner.poll(cx));
+        // An error is not an answer (axum's services have none): the connection ends without one.
+        if let (Ok(resp), Some(seen)) = (&answer, this.seen.take()) {
+            seen.answered(resp.status());
+        }
+        Poll::Ready(answer)
+    }
 }
 
 #[cfg(test)]
@@ -146,7 +222,7 @@ mod tests {
             .route("/v1/boom/{id}", get(|| async { StatusCode::INTERNAL_SERVER_ERROR }))
             .route("/v1/busy", get(|| async { StatusCode::SERVICE_UNAVAILABLE }))
             .route("/v1/fine", get(|| async { "fine" }))
-            .layer(axum::middleware::from_fn(track));
+            .layer(Track);
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         tracing::subscriber::with_default(subscriber, || {
             runtime.block_on(async {
