@@ -159,10 +159,16 @@ fn run(
             Group { n: first.events.len(), bytes: first.bytes, requests: vec![first], stop: false };
         group.drain(&mut rx);
         let budget = gather.budget(group.n);
-        while !group.stop && !budget.is_zero() && !group.is_full() {
-            std::thread::sleep(GATHER_SLICE);
+        loop {
+            let left = budget.saturating_sub(taken.elapsed());
+            if left.is_zero() || group.stop || group.is_full() || group.n >= GATHER_EVENTS {
+                break;
+            }
+            // The last slice is cut to what is left: a budget shorter than a slice (an `os`-mode
+            // commit takes tens of microseconds) is kept too.
+            std::thread::sleep(left.min(GATHER_SLICE));
             // A slice that brought nothing: the burst is over, waiting longer would only add latency.
-            if group.drain(&mut rx) == 0 || taken.elapsed() >= budget || group.n >= GATHER_EVENTS {
+            if group.drain(&mut rx) == 0 {
                 break;
             }
         }
