@@ -18,14 +18,18 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, RawPathParams, Request, State};
+use std::task::{Context, Poll};
+
+use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, RawPathParams, Request};
 use axum::http::request::Parts;
 use axum::http::{Method, StatusCode};
-use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt as _;
+use futures_util::future::{Either, Ready, ready};
 use ipnet::IpNet;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
+use tower::{Layer, Service};
 
 use super::AppState;
 use super::problem::Problem;
@@ -161,7 +165,7 @@ pub enum Credential {
     ApiKey(u64),
 }
 
-/// Who is calling: left in the request's extensions by [`authenticate`].
+/// Who is calling: left in the request's extensions by [`Authenticate`].
 #[derive(Debug, Clone)]
 pub struct Principal {
     pub credential: Credential,
@@ -187,7 +191,7 @@ impl FromRequestParts<AppState> for Principal {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, _state: &AppState) -> Result<Self, Problem> {
-        // Only reachable behind `authenticate`; a route outside it has no principal and gets nothing.
+        // Only reachable behind `Authenticate`; a route outside it has no principal and gets nothing.
         parts.extensions.get::<Principal>().cloned().ok_or_else(|| Problem::unauthorized("not authenticated"))
     }
 }
@@ -213,7 +217,7 @@ pub enum Class {
 
 /// Every `/v1` route (method, matched path) and its class. `HEAD` is served by `GET` routes.
 /// The operations routes (`/healthz`, `/readyz`, `/openapi.json`, `/metrics`) are outside `/v1` and
-/// outside [`authenticate`]: they take no token and are not listed here.
+/// outside [`Authenticate`]: they take no token and are not listed here.
 /// `tests::the_table_lists_exactly_the_routes_of_the_router` keeps this and `api::router` in step.
 pub const ROUTES: &[(&str, &str, Class)] = &[
     ("POST", "/v1/tenants", Class::Operator),
@@ -279,19 +283,70 @@ pub fn requirement(method: &Method, path: &str) -> Option<Requirement> {
 
 // ---- the middleware ----
 
-/// Authenticates the bearer token, authorizes the route, and leaves the [`Principal`] in the request.
-pub async fn authenticate(
-    State(state): State<AppState>,
-    req: Request,
-    next: Next,
-) -> Result<Response, Problem> {
-    let (mut parts, body) = req.into_parts();
+/// Authenticates the bearer token, authorizes the route, and leaves the [`Principal`] in the request;
+/// a refusal is answered here and the route's handler never runs. Applied to every `/v1` route with
+/// `route_layer`, so that the matched route (and its `{tenant}`) is known.
+///
+/// A tower layer rather than `axum::middleware::from_fn`: every request passes here, and `from_fn`
+/// boxes the inner service's future and clones the boxed inner service per request.
+#[derive(Clone)]
+pub struct Authenticate {
+    state: AppState,
+}
+
+impl Authenticate {
+    pub fn new(state: AppState) -> Authenticate {
+        Authenticate { state }
+    }
+}
+
+impl<S> Layer<S> for Authenticate {
+    type Service = Authenticated<S>;
+
+    fn layer(&self, inner: S) -> Authenticated<S> {
+        Authenticated { state: self.state.clone(), inner }
+    }
+}
+
+/// A service wrapped by [`Authenticate`].
+#[derive(Clone)]
+pub struct Authenticated<S> {
+    state: AppState,
+    inner: S,
+}
+
+impl<S> Service<Request> for Authenticated<S>
+where
+    S: Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Either<Ready<Result<Response, S::Error>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let (mut parts, body) = req.into_parts();
+        match admit(&self.state, &mut parts) {
+            Ok(principal) => {
+                parts.extensions.insert(principal);
+                Either::Right(self.inner.call(Request::from_parts(parts, body)))
+            }
+            Err(refusal) => Either::Left(ready(Ok(refusal.into_response()))),
+        }
+    }
+}
+
+/// The principal of an admitted request, or the refusal to answer instead.
+fn admit(state: &AppState, parts: &mut Parts) -> Result<Principal, Problem> {
     let client_ip = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_canonical());
     let header = parts.headers.get(axum::http::header::AUTHORIZATION).map(|v| v.to_str().unwrap_or(""));
     let Some(token) = bearer(header) else {
         return Err(Problem::unauthorized("missing bearer token (Authorization: Bearer <token>)"));
     };
-    let principal = identify(&state, token, client_ip)?;
+    let principal = identify(state, token, client_ip)?;
 
     let matched = parts.extensions.get::<MatchedPath>().cloned();
     let path = matched.as_ref().map_or("", MatchedPath::as_str);
@@ -300,18 +355,23 @@ pub async fn authenticate(
         return Err(forbidden("this route has no access rule and is refused"));
     };
     let path_tenant = match need.class {
-        Class::Tenant => {
-            let params = RawPathParams::from_request_parts(&mut parts, &state)
-                .await
-                .map_err(|e| Problem::bad_request(format!("invalid path: {}", e.body_text())))?;
-            let tenant = params.iter().find(|(k, _)| *k == "tenant").map(|(_, v)| v.to_owned());
-            Some(tenant.ok_or_else(|| forbidden("this route has no tenant and is refused"))?)
-        }
+        Class::Tenant => Some(path_tenant(parts, state)?),
         _ => None,
     };
-    authorize(&state, &principal, need, path_tenant.as_deref())?;
-    parts.extensions.insert(principal);
-    Ok(next.run(Request::from_parts(parts, body)).await)
+    authorize(state, &principal, need, path_tenant.as_deref())?;
+    Ok(principal)
+}
+
+/// The `{tenant}` of the matched route, percent-decoded as the handlers' extractors see it.
+fn path_tenant(parts: &mut Parts, state: &AppState) -> Result<String, Problem> {
+    // The extractor only reads what routing left in the request: it is ready at its first poll. Were
+    // that ever to change, the request is refused rather than waited for.
+    let params = RawPathParams::from_request_parts(parts, state)
+        .now_or_never()
+        .ok_or_else(|| forbidden("the route's tenant could not be read; refused"))?
+        .map_err(|e| Problem::bad_request(format!("invalid path: {}", e.body_text())))?;
+    let tenant = params.iter().find(|(k, _)| *k == "tenant").map(|(_, v)| v.to_owned());
+    tenant.ok_or_else(|| forbidden("this route has no tenant and is refused"))
 }
 
 /// The principal a token stands for, or the 401 (or, for an address outside the key's list, 403).

@@ -52,7 +52,7 @@ pub struct Shared {
     /// The outbound client (shared pools with the dispatchers), for test sends.
     pub client: crate::deliver::client::HttpClient,
     pub user_agent: http::HeaderValue,
-    /// The API keys, read by [`auth::authenticate`] on every request.
+    /// The API keys, read by [`auth::Authenticate`] on every request.
     pub keys: api_keys::KeyTable,
     /// Whether ingest may write (database cap, free disk space), refreshed by [`crate::capacity::watch`]:
     /// while it refuses, ingest answers 503 and `/readyz` too.
@@ -116,7 +116,7 @@ pub fn router(state: AppState) -> Router {
     let v1 = configuration
         .route("/v1/tenants/{tenant}/events", post(events::ingest_one).get(events::list))
         .route("/v1/tenants/{tenant}/events/batch", post(events::ingest_batch))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate));
+        .route_layer(auth::Authenticate::new(state.clone()));
     let mut app = v1
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
@@ -343,7 +343,7 @@ mod tests {
         let app = Router::new()
             .route("/v1/unlisted", get(|| async { "open" }))
             .route("/v1/tenants", get(|| async { "listed" }))
-            .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
+            .route_layer(auth::Authenticate::new(state.clone()))
             .with_state(state);
         let (status, body) = call(&app, &Method::GET, "/v1/unlisted", Some(TOKEN)).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{body}");

@@ -83,7 +83,7 @@ pub async fn serve() -> Response {
 }
 
 /// Adds the bearer scheme, and to every `/v1` operation its requirement and the 401/403 answers that
-/// [`super::auth::authenticate`] gives before any handler runs.
+/// [`super::auth::Authenticate`] gives before any handler runs.
 pub struct V1Auth;
 
 impl Modify for V1Auth {
