@@ -499,6 +499,25 @@ mod tests {
         (committer, thread, rt)
     }
 
+    /// Awaits every task (their outputs in order), then stops the committer and joins its thread.
+    fn finish<T: Send + 'static>(
+        rt: &tokio::runtime::Runtime,
+        committer: &Committer,
+        thread: std::thread::JoinHandle<()>,
+        tasks: Vec<tokio::task::JoinHandle<T>>,
+    ) -> Vec<T> {
+        let out = rt.block_on(async {
+            let mut out = Vec::with_capacity(tasks.len());
+            for t in tasks {
+                out.push(t.await.unwrap_or_else(|e| panic!("{e}")));
+            }
+            committer.stop().await;
+            out
+        });
+        thread.join().unwrap_or_else(|_| panic!("committer panicked"));
+        out
+    }
+
     /// Feeds `gather` groups of `events` taken every `every`, each commit taking `took`.
     fn steady(
         gather: &mut Gather,
@@ -552,33 +571,25 @@ mod tests {
         let (committer, thread, rt) = committer_in(dir.path(), on_commit);
         const CLIENTS: usize = 32;
         const EACH: usize = 50;
-        let ids = rt.block_on(async {
-            let tasks: Vec<_> = (0..CLIENTS)
-                .map(|c| {
-                    let committer = committer.clone();
-                    tokio::spawn(async move {
-                        let mut ids = Vec::with_capacity(EACH);
-                        for i in 0..EACH {
-                            let accepted = committer
-                                .commit(1, vec![event(&format!("c{c}-{i}"))])
-                                .await
-                                .unwrap_or_else(|e| panic!("{e}"));
-                            assert_eq!(accepted.len(), 1);
-                            assert!(!accepted[0].duplicate);
-                            ids.push(accepted[0].id);
-                        }
-                        ids
-                    })
+        let tasks: Vec<_> = (0..CLIENTS)
+            .map(|c| {
+                let committer = committer.clone();
+                rt.spawn(async move {
+                    let mut ids = Vec::with_capacity(EACH);
+                    for i in 0..EACH {
+                        let accepted = committer
+                            .commit(1, vec![event(&format!("c{c}-{i}"))])
+                            .await
+                            .unwrap_or_else(|e| panic!("{e}"));
+                        assert_eq!(accepted.len(), 1);
+                        assert!(!accepted[0].duplicate);
+                        ids.push(accepted[0].id);
+                    }
+                    ids
                 })
-                .collect();
-            let mut all = Vec::new();
-            for t in tasks {
-                all.extend(t.await.unwrap_or_else(|e| panic!("{e}")));
-            }
-            committer.stop().await;
-            all
-        });
-        thread.join().unwrap_or_else(|_| panic!("committer panicked"));
+            })
+            .collect();
+        let ids: Vec<u64> = finish(&rt, &committer, thread, tasks).into_iter().flatten().collect();
         let distinct: HashSet<u64> = ids.iter().copied().collect();
         assert_eq!(distinct.len(), CLIENTS * EACH, "every event has its own id");
         let groups = groups.load(Ordering::Relaxed);
@@ -602,27 +613,19 @@ mod tests {
         // Four requests in a row share a key.
         const REQUESTS: usize = 400;
         const PER_KEY: usize = 4;
-        let answers = rt.block_on(async {
-            let tasks: Vec<_> = (0..REQUESTS)
-                .map(|i| {
-                    let committer = committer.clone();
-                    tokio::spawn(async move {
-                        // Spread over time so that requests with one key fall in different groups.
-                        tokio::time::sleep(std::time::Duration::from_micros(50 * i as u64)).await;
-                        let key = format!("k{}", i / PER_KEY);
-                        let answer = committer.commit(1, vec![event(&key)]).await;
-                        (key, answer.map_err(|e| e.to_string()))
-                    })
+        let tasks: Vec<_> = (0..REQUESTS)
+            .map(|i| {
+                let committer = committer.clone();
+                rt.spawn(async move {
+                    // Spread over time so that requests with one key fall in different groups.
+                    tokio::time::sleep(std::time::Duration::from_micros(50 * i as u64)).await;
+                    let key = format!("k{}", i / PER_KEY);
+                    let answer = committer.commit(1, vec![event(&key)]).await;
+                    (key, answer.map_err(|e| e.to_string()))
                 })
-                .collect();
-            let mut out = Vec::new();
-            for t in tasks {
-                out.push(t.await.unwrap_or_else(|e| panic!("{e}")));
-            }
-            committer.stop().await;
-            out
-        });
-        thread.join().unwrap_or_else(|_| panic!("committer panicked"));
+            })
+            .collect();
+        let answers = finish(&rt, &committer, thread, tasks);
         let mut by_key: HashMap<String, (HashSet<u64>, usize)> = HashMap::new();
         for (key, answer) in answers {
             let accepted = answer.unwrap_or_else(|e| panic!("{e}"));
