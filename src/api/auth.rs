@@ -17,7 +17,6 @@
 //! accepted request is left in its extensions for the handlers (and, later, the audit log).
 
 use std::net::{IpAddr, SocketAddr};
-
 use std::task::{Context, Poll};
 
 use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, RawPathParams, Request};
