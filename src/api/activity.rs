@@ -142,7 +142,7 @@ impl Forwarder {
         if tokio::time::timeout(LAG_GRACE, body_gone).await.is_err()
             && let Some(abort) = abort
         {
-            abort.0.cancel();
+            abort.abort();
         }
     }
 }
