@@ -380,8 +380,10 @@ async fn endpoint_stats_count_attempts_and_show_the_queue_and_survive_a_restart(
     for n in 0..4 {
         daemon.ingest(TENANT, "a.b", json!({"n": n})).await;
     }
-    let waiting = daemon.ingest(TENANT, "c.d", json!({})).await;
+    // Delivered before the next event goes in, so that `bad` is the endpoint triggered last (the
+    // sort below relies on it; ingested back to back, the two deliveries raced).
     ok.wait_for(4, 10 * SECOND).await;
+    let waiting = daemon.ingest(TENANT, "c.d", json!({})).await;
     eventually(10 * SECOND, POLL, || async {
         let d = delivery_state(&daemon, &waiting, &bad).await;
         (d["next_attempt_at"].is_string()).then_some(())
