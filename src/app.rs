@@ -214,6 +214,7 @@ fn admin_token(config: &Config, store: &Store) -> anyhow::Result<[u8; 32]> {
 fn server_limits(config: &Config) -> crate::server::Limits {
     crate::server::Limits {
         header_read_timeout: config.server.header_read_timeout.0,
+        body_read_timeout: config.server.body_read_timeout.0,
         max_connections: config.server.max_connections as usize,
     }
 }

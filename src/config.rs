@@ -70,6 +70,10 @@ pub struct ServerConfig {
     /// Time a client has to send a request's headers, and the most a kept-alive connection may sit idle:
     /// a client trickling bytes (slow loris) cannot hold a connection longer.
     pub header_read_timeout: HumanDuration,
+    /// Time a client has to send a request's whole body once its headers are in, however it trickles
+    /// it: a stalled or byte-a-second body is answered `408` and its connection closed, so it cannot hold
+    /// a connection slot, or a SIGTERM, for longer.
+    pub body_read_timeout: HumanDuration,
     /// Open client connections at most; past it new connections are closed at once, so a flood cannot
     /// exhaust file descriptors that the store and outbound deliveries need.
     pub max_connections: u32,
@@ -101,6 +105,7 @@ impl Default for ServerConfig {
             metrics_listen: None,
             shutdown_grace: HumanDuration::from_secs(30),
             header_read_timeout: HumanDuration::from_secs(10),
+            body_read_timeout: HumanDuration::from_secs(30),
             max_connections: 10_000,
             max_activity_streams: 100,
         }
@@ -356,6 +361,11 @@ impl Config {
         if header_timeout < Duration::from_millis(100) || header_timeout > Duration::from_secs(300) {
             let message = format!("must be between 100ms and 5m, got {}", server.header_read_timeout);
             return violation("server.header_read_timeout", None, message);
+        }
+        let body_timeout = server.body_read_timeout.0;
+        if body_timeout < Duration::from_millis(100) || body_timeout > Duration::from_secs(600) {
+            let message = format!("must be between 100ms and 10m, got {}", server.body_read_timeout);
+            return violation("server.body_read_timeout", None, message);
         }
         if !(1..=1_000_000).contains(&server.max_connections) {
             let message = format!("must be between 1 and 1000000, got {}", server.max_connections);

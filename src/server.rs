@@ -4,6 +4,8 @@
 //!   connection may sit idle: a client trickling a request (slow loris) is cut off;
 //! - a cap on open connections (`server.max_connections`): past it a new connection is closed at once,
 //!   so a flood cannot take the file descriptors the store and deliveries need;
+//! - a body read deadline (`server.body_read_timeout`, [`deadline`]): a request's whole body must arrive
+//!   that long after its head, so a stalled or trickling body cannot hold a connection either;
 //! - caps on the request head: [`MAX_HEAD_BYTES`] and [`MAX_HEADERS`] fields (past either, a 431);
 //! - graceful shutdown: on `stop`, listening ends, idle connections close, requests in progress finish
 //!   (the caller bounds the wait).
@@ -25,6 +27,11 @@ use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 use tracing::Instrument;
+
+mod deadline;
+
+pub use deadline::BodyTimeout;
+use deadline::DeadlineBody;
 
 /// Largest request head (request line and headers) read; hyper answers 431 past it.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -74,6 +81,7 @@ impl ConnectionAbort {
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
     pub max_connections: usize,
 }
 
@@ -112,7 +120,12 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, stop: 
         let router = router.clone();
         let abort = ConnectionAbort::default();
         let abort_handle = abort.clone();
-        let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        let body_read_timeout = limits.body_read_timeout;
+        let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+            let started = std::time::Instant::now();
+            let mut req = req.map(|body| {
+                DeadlineBody::new(body, tokio::time::Instant::from_std(started), body_read_timeout)
+            });
             req.extensions_mut().insert(ConnectInfo(peer));
             req.extensions_mut().insert(abort_handle.clone());
             let router = router.clone();
@@ -123,7 +136,6 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, stop: 
             // logged with its method, path and peer at every level (`api::ops::Track`).
             let span = tracing::debug_span!("request", method = %req.method(), path = %req.uri().path(), peer = %peer);
             async move {
-                let started = std::time::Instant::now();
                 let response = router.oneshot(req).await.unwrap_or_else(|never| match never {});
                 tracing::debug!(
                     status = response.status().as_u16(),
@@ -188,7 +200,11 @@ mod tests {
             }),
         );
         // One connection at a time, and no idle timeout that could close it instead.
-        let limits = Limits { header_read_timeout: Duration::from_secs(300), max_connections: 1 };
+        let limits = Limits {
+            header_read_timeout: Duration::from_secs(300),
+            body_read_timeout: Duration::from_secs(300),
+            max_connections: 1,
+        };
         let stop = CancellationToken::new();
         let server = tokio::spawn(serve(listener, router, limits, stop.clone()));
         let first = stuck_request(addr).await.unwrap_or_else(|| panic!("the connection is still open"));

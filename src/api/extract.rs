@@ -40,8 +40,13 @@ pub async fn read_body(req: Request, limit: u64) -> Result<Bytes, Problem> {
     match axum::body::to_bytes(req.into_body(), limit_usize).await {
         Ok(b) => Ok(b),
         Err(e) => {
-            let too_large = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            let source = std::error::Error::source(&e);
+            // The body's own error is wrapped once per body layer (axum's body, the length limit).
+            let mut chain = std::iter::successors(source, |e| e.source());
+            if let Some(timeout) = chain.find_map(|s| s.downcast_ref::<crate::server::BodyTimeout>()) {
+                return Err(Problem::body_timeout(timeout));
+            }
+            let too_large = source.is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
                 || e.to_string().contains("length limit");
             if too_large {
                 Err(Problem::too_large(limit))

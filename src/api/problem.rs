@@ -100,6 +100,14 @@ impl Problem {
         Problem { close_connection: true, ..p }
     }
 
+    /// 408: the body did not arrive within `server.body_read_timeout`; the connection is closed, since
+    /// what is left of the body may still come.
+    pub fn body_timeout(e: &crate::server::BodyTimeout) -> Problem {
+        let p =
+            Problem::new(StatusCode::REQUEST_TIMEOUT, "request-timeout", "Request timeout", e.to_string());
+        Problem { close_connection: true, ..p }
+    }
+
     pub fn unauthorized(detail: impl Into<String>) -> Problem {
         Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized", detail)
     }
