@@ -37,7 +37,9 @@ use utoipa::{IntoParams, ToSchema};
 use super::AppState;
 use super::auth::{self, Principal, Scopes, forbidden, scope_name};
 use super::extract::{JsonBody, P, Page, Q, parse_json};
-use super::openapi::{BadRequest, Conflict, NotFound, PayloadTooLarge, RenameKey, Unprocessable};
+use super::openapi::{
+    BadRequest, Conflict, NotFound, PayloadTooLarge, RenameKey, RequestTimeout, Unprocessable,
+};
 use super::problem::{FieldError, Problem};
 use super::views::ListView;
 use crate::ids::{decode_u64, encode_u64};
@@ -404,7 +406,7 @@ fn check_ips(entries: &[String], errors: &mut Vec<FieldError>) -> Vec<String> {
 #[utoipa::path(post, path = "/v1/api-keys", tag = "api-keys", request_body = CreateKey, responses(
     (status = 201, description = "Created; `key` is shown this once.", body = KeyView),
     (status = 400, response = BadRequest), (status = 409, response = Conflict),
-    (status = 413, response = PayloadTooLarge), (status = 422, response = Unprocessable),
+    (status = 408, response = RequestTimeout), (status = 413, response = PayloadTooLarge), (status = 422, response = Unprocessable),
 ))]
 pub async fn create(
     State(state): State<AppState>,
@@ -567,7 +569,7 @@ pub async fn get(
     responses(
         (status = 200, description = "Renamed.", body = KeyView),
         (status = 400, response = BadRequest), (status = 404, response = NotFound),
-        (status = 413, response = PayloadTooLarge), (status = 422, response = Unprocessable),
+        (status = 408, response = RequestTimeout), (status = 413, response = PayloadTooLarge), (status = 422, response = Unprocessable),
 ))]
 pub async fn update(
     State(state): State<AppState>,

@@ -16,8 +16,8 @@ use utoipa::{IntoParams, ToSchema};
 use super::AppState;
 use super::extract::{JsonBody, P, Page, Q, Tenant, parse_json};
 use super::openapi::{
-    BadRequest, Conflict, EndpointCreated, EndpointSecret, NotFound, PayloadTooLarge, RotatedSecret,
-    TenantPath, Unprocessable,
+    BadRequest, Conflict, EndpointCreated, EndpointSecret, NotFound, PayloadTooLarge, RequestTimeout,
+    RotatedSecret, TenantPath, Unprocessable,
 };
 use super::problem::{FieldError, Problem};
 use super::views::{EndpointView, ListView};
@@ -399,7 +399,7 @@ fn endpoint_id(id: &str) -> Result<u64, Problem> {
     request_body = EndpointIn, responses(
         (status = 201, description = "Created; the only answer that shows the secret.", body = EndpointCreated),
         (status = 400, response = BadRequest), (status = 404, response = NotFound),
-        (status = 409, response = Conflict), (status = 413, response = PayloadTooLarge),
+        (status = 409, response = Conflict), (status = 408, response = RequestTimeout), (status = 413, response = PayloadTooLarge),
         (status = 422, response = Unprocessable),
 ))]
 pub async fn create(
@@ -573,7 +573,7 @@ pub struct TestIn {
     params(TenantPath, ("id" = EndpointId, Path, description = "The endpoint's id.")), request_body = TestIn, responses(
         (status = 200, description = "The attempt, whatever the receiver answered.", body = super::views::AttemptView),
         (status = 400, response = BadRequest), (status = 404, response = NotFound),
-        (status = 413, response = PayloadTooLarge), (status = 422, response = Unprocessable),
+        (status = 408, response = RequestTimeout), (status = 413, response = PayloadTooLarge), (status = 422, response = Unprocessable),
 ))]
 pub async fn test_send(
     State(state): State<AppState>,
@@ -661,7 +661,7 @@ pub struct RotateIn {
     responses(
         (status = 200, description = "The new secret, shown this once.", body = RotatedSecret),
         (status = 400, response = BadRequest), (status = 404, response = NotFound),
-        (status = 413, response = PayloadTooLarge), (status = 422, response = Unprocessable),
+        (status = 408, response = RequestTimeout), (status = 413, response = PayloadTooLarge), (status = 422, response = Unprocessable),
 ))]
 pub async fn rotate_secret(
     State(state): State<AppState>,
@@ -717,7 +717,7 @@ pub async fn rotate_secret(
     responses(
         (status = 200, description = "The updated endpoint.", body = EndpointView),
         (status = 400, response = BadRequest), (status = 404, response = NotFound),
-        (status = 413, response = PayloadTooLarge), (status = 422, response = Unprocessable),
+        (status = 408, response = RequestTimeout), (status = 413, response = PayloadTooLarge), (status = 422, response = Unprocessable),
 ))]
 pub async fn update(
     State(state): State<AppState>,

@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::extract::{JsonBody, P, Page, Q};
-use super::openapi::{BadRequest, NotFound, PayloadTooLarge, Unprocessable};
+use super::openapi::{BadRequest, NotFound, PayloadTooLarge, RequestTimeout, Unprocessable};
 use super::problem::{FieldError, Problem};
 use super::views::{EventTypeView, ListView};
 use crate::ingest::valid_type_name;
@@ -56,7 +56,7 @@ fn check_name(name: &str) -> Result<(), Problem> {
     request_body = PutEventType, responses(
     (status = 200, description = "Replaced.", body = EventTypeView),
     (status = 201, description = "Created.", body = EventTypeView),
-    (status = 400, response = BadRequest), (status = 413, response = PayloadTooLarge),
+    (status = 400, response = BadRequest), (status = 408, response = RequestTimeout), (status = 413, response = PayloadTooLarge),
     (status = 422, response = Unprocessable),
 ))]
 pub async fn put(

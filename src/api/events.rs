@@ -11,8 +11,8 @@ use utoipa::IntoParams;
 use super::AppState;
 use super::extract::{P, Page, Q, Tenant, read_body, time_param};
 use super::openapi::{
-    Accepted as AcceptedView, BadRequest, BatchAccepted, NotFound, PayloadTooLarge, TenantPath, Unavailable,
-    Unprocessable,
+    Accepted as AcceptedView, BadRequest, BatchAccepted, NotFound, PayloadTooLarge, RequestTimeout,
+    TenantPath, Unavailable, Unprocessable,
 };
 use super::problem::Problem;
 use super::views::{DeliveryView, EventView, ListView};
@@ -108,7 +108,7 @@ struct BatchOut<'a> {
             A replay of an idempotency key answers the original with `idempotent-replayed: true`.",
             body = AcceptedView),
         (status = 400, response = BadRequest), (status = 404, response = NotFound),
-        (status = 413, response = PayloadTooLarge), (status = 422, response = Unprocessable),
+        (status = 408, response = RequestTimeout), (status = 413, response = PayloadTooLarge), (status = 422, response = Unprocessable),
         (status = 503, response = Unavailable),
 ))]
 pub async fn ingest_one(
@@ -143,7 +143,7 @@ pub async fn ingest_one(
     responses(
         (status = 202, description = "Every event durable.", body = BatchAccepted),
         (status = 400, response = BadRequest), (status = 404, response = NotFound),
-        (status = 413, response = PayloadTooLarge), (status = 422, response = Unprocessable),
+        (status = 408, response = RequestTimeout), (status = 413, response = PayloadTooLarge), (status = 422, response = Unprocessable),
         (status = 503, response = Unavailable),
 ))]
 pub async fn ingest_batch(

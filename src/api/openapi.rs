@@ -55,7 +55,7 @@ pub const BEARER: &str = "bearer";
     ),
     components(
         schemas(Problem, FieldError),
-        responses(BadRequest, Unauthorized, Forbidden, NotFound, Conflict, PayloadTooLarge, Unprocessable,
+        responses(BadRequest, Unauthorized, Forbidden, NotFound, Conflict, RequestTimeout, PayloadTooLarge, Unprocessable,
                   Unavailable),
     ),
     modifiers(&V1Auth),
@@ -175,6 +175,10 @@ problem_response!(
 problem_response!(NotFound, "The tenant or object does not exist (or belongs to another tenant).");
 problem_response!(Conflict, "The object already exists, or its state does not allow the change.");
 problem_response!(PayloadTooLarge, "The body exceeds the route's size limit.");
+problem_response!(
+    RequestTimeout,
+    "The body did not arrive within `server.body_read_timeout` of the request's headers; nothing was stored."
+);
 problem_response!(Unprocessable, "Fields are invalid; `errors` names each one.");
 
 /// 503 with `Retry-After`: ingest is paused (disk cap or free-space floor reached, or shutting down).

@@ -23,7 +23,7 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::extract::{P, Tenant};
 use super::openapi::{
-    BadRequest, Conflict, NotFound, PayloadTooLarge, TenantPath, Unavailable, Unprocessable,
+    BadRequest, Conflict, NotFound, PayloadTooLarge, RequestTimeout, TenantPath, Unavailable, Unprocessable,
 };
 use super::problem::Problem;
 use super::views::AttemptView;
@@ -159,7 +159,7 @@ pub struct Skipped {
         (status = 200, description = "The attempts made.", body = EventResendView),
         (status = 202, description = "Some re-sends were still queued when the answer was due.", body = EventResendView),
         (status = 400, response = BadRequest), (status = 404, response = NotFound),
-        (status = 409, response = Conflict), (status = 413, response = PayloadTooLarge),
+        (status = 409, response = Conflict), (status = 408, response = RequestTimeout), (status = 413, response = PayloadTooLarge),
         (status = 422, response = Unprocessable), (status = 503, response = Unavailable),
 ))]
 pub async fn resend_event(
@@ -272,7 +272,7 @@ pub struct RecoverView {
     responses(
         (status = 202, description = "Re-queued; they go out as the endpoint's queue allows.", body = RecoverView),
         (status = 400, response = BadRequest), (status = 404, response = NotFound),
-        (status = 413, response = PayloadTooLarge), (status = 422, response = Unprocessable),
+        (status = 408, response = RequestTimeout), (status = 413, response = PayloadTooLarge), (status = 422, response = Unprocessable),
         (status = 503, response = Unavailable),
 ))]
 pub async fn recover(

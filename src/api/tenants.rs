@@ -8,7 +8,9 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::extract::{JsonBody, P, Page, Q, Tenant};
-use super::openapi::{BadRequest, Conflict, NotFound, PayloadTooLarge, TenantPath, Unprocessable};
+use super::openapi::{
+    BadRequest, Conflict, NotFound, PayloadTooLarge, RequestTimeout, TenantPath, Unprocessable,
+};
 use super::problem::{FieldError, Problem};
 use super::views::{ListView, TenantView};
 use crate::model::TenantRecord;
@@ -81,7 +83,7 @@ fn check_name(name: &str, errors: &mut Vec<FieldError>) {
 #[utoipa::path(post, path = "/v1/tenants", tag = "tenants", request_body = CreateTenant, responses(
     (status = 201, description = "Created.", body = TenantView),
     (status = 400, response = BadRequest), (status = 409, response = Conflict),
-    (status = 413, response = PayloadTooLarge), (status = 422, response = Unprocessable),
+    (status = 408, response = RequestTimeout), (status = 413, response = PayloadTooLarge), (status = 422, response = Unprocessable),
 ))]
 pub async fn create(
     State(state): State<AppState>,
@@ -161,7 +163,7 @@ pub async fn get(Tenant(t): Tenant) -> Json<TenantView> {
     request_body = UpdateTenant, responses(
     (status = 200, description = "Updated.", body = TenantView),
     (status = 400, response = BadRequest), (status = 404, response = NotFound),
-    (status = 413, response = PayloadTooLarge), (status = 422, response = Unprocessable),
+    (status = 408, response = RequestTimeout), (status = 413, response = PayloadTooLarge), (status = 422, response = Unprocessable),
 ))]
 pub async fn update(
     State(state): State<AppState>,
