@@ -12,6 +12,10 @@
 
 #[path = "../it/harness.rs"]
 mod harness;
+mod kill;
+#[path = "../it/ledger.rs"]
+mod ledger;
+mod load;
 #[path = "../it/receiver.rs"]
 mod receiver;
 mod report;

@@ -16,6 +16,7 @@ mod harness;
 mod history;
 mod hostile;
 mod ingest;
+mod ledger;
 mod limits;
 mod logs;
 mod metrics;
