@@ -15,3 +15,4 @@ mod harness;
 #[path = "../it/receiver.rs"]
 mod receiver;
 mod report;
+mod retry_backlog;
