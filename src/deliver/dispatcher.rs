@@ -262,7 +262,7 @@ impl Dispatcher {
     fn recover(&mut self, mut lo: u64, hi: u64) -> Result<usize, StoreError> {
         const CHUNK: usize = 1000;
         let now = crate::time::now_ms();
-        let due = now;
+        let due = crate::time::clock_ms();
         let mut total = 0;
         while lo <= hi {
             let mut chunk = self.shared.store.failed_deliveries(self.endpoint, lo, hi, CHUNK)?;
@@ -317,7 +317,7 @@ impl Dispatcher {
     fn fill(&mut self, entry: &EndpointEntry) {
         let ordered = entry.record.ordered;
         let max = if ordered { 1 } else { entry.record.max_in_flight.max(1) as usize };
-        let now = crate::time::now_ms();
+        let now = crate::time::clock_ms();
         while self.in_flight.len() < max {
             // A re-send of a delivery whose retry is in flight waits for that retry to finish.
             if self.manual.front().is_some_and(|m| !self.retrying.contains(&m.webhook_id)) {
@@ -943,7 +943,8 @@ impl Dispatcher {
             record.state = DeliveryState::Succeeded;
         } else if let Some(delay) = retry::next_delay(policy, record.attempts, retry_after, &mut rand::rng())
         {
-            let due = now.saturating_add(delay.as_millis() as u64);
+            // Due on the scheduling clock, which a step of the wall clock does not move.
+            let due = crate::time::clock_ms().saturating_add(delay.as_millis() as u64);
             record.state = DeliveryState::Pending;
             record.next_attempt_at = Some(due);
             new_due = Some(due);
@@ -1038,7 +1039,7 @@ impl Dispatcher {
 
     /// When to wake without any other signal: a retry coming due, or the rate limiter refilling.
     fn next_wake(&self, entry: &EndpointEntry) -> Option<Instant> {
-        let now_ms = crate::time::now_ms();
+        let now_ms = crate::time::clock_ms();
         let due = self
             .due
             .first()
