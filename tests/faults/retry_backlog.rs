@@ -3,11 +3,13 @@
 //! endpoint the rest waited for the others (904 of 5,000 got their second attempt 87 s late).
 //!
 //! One endpoint with a short retry policy (1 s, 2 s, 4 s, … ±20 %), its receiver answering 500 until
-//! every delivery has had its second attempt, then 200. Figures: pending, delivered, lost, duplicated, and
-//! the worst lateness of a second attempt past its latest due time.
+//! every delivery has had its second attempt, then 200. Figures: pending, delivered, lost, duplicated, the
+//! worst lateness of a second attempt past its latest due time, and how far in the past the endpoint
+//! statistics' `next_retry_at` stood at worst.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
 
@@ -52,8 +54,18 @@ async fn a_backlog_past_4096_retries_gets_every_second_attempt_on_schedule() {
     assert_eq!(acknowledged, PENDING);
 
     // The receiver stays down until every delivery has been tried twice (bounded: before the fix the
-    // last ones never were while the first 4,096 kept failing).
+    // last ones never were while the first 4,096 kept failing). Meanwhile the endpoint's statistics
+    // show when the next retry is due: it must not stand in the past (it stood 82 s there).
+    let stats_path = format!("/v1/tenants/{TENANT}/endpoints/{endpoint}/stats");
+    let worst_overdue = Mutex::new(Duration::ZERO);
     let tried_twice = eventually(Duration::from_secs(40), Duration::from_millis(250), || async {
+        let (_, stats) = daemon.get(&stats_path).await;
+        if let Some(due) = stats["next_retry_at"].as_str().and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+        {
+            let overdue = SystemTime::now().duration_since(due).unwrap_or_default();
+            let mut worst = worst_overdue.lock().unwrap_or_else(|e| e.into_inner());
+            *worst = (*worst).max(overdue);
+        }
         let mut seen: HashMap<String, usize> = HashMap::with_capacity(PENDING);
         for r in receiver.requests() {
             *seen.entry(r.webhook_id().to_owned()).or_default() += 1;
@@ -64,8 +76,8 @@ async fn a_backlog_past_4096_retries_gets_every_second_attempt_on_schedule() {
     .is_some();
     receiver.set_status(200);
 
+    let worst_overdue = worst_overdue.into_inner().unwrap_or_else(|e| e.into_inner());
     // Then everything goes out: nothing waits at the endpoint.
-    let stats_path = format!("/v1/tenants/{TENANT}/endpoints/{endpoint}/stats");
     let drained = eventually(Duration::from_secs(40), Duration::from_millis(250), || async {
         let (_, stats) = daemon.get(&stats_path).await;
         (stats["queue_depth"] == json!(0)).then_some(())
@@ -104,6 +116,7 @@ async fn a_backlog_past_4096_retries_gets_every_second_attempt_on_schedule() {
             ("second_attempt_worst_lateness_ms", worst.as_millis().to_string()),
             ("second_attempts_late", late.to_string()),
             ("second_attempts_missing", missing_second.to_string()),
+            ("next_retry_at_worst_overdue_ms", worst_overdue.as_millis().to_string()),
             ("most_requests_per_delivery", most_requests.to_string()),
             ("history_read_ms", started.elapsed().as_millis().to_string()),
         ],
@@ -113,6 +126,7 @@ async fn a_backlog_past_4096_retries_gets_every_second_attempt_on_schedule() {
         "{missing_second} of {PENDING} deliveries never got a second attempt while the receiver was down"
     );
     assert!(late == 0, "{late} second attempts came more than {LATENESS_BOUND:?} late (worst {worst:?})");
+    assert!(worst_overdue <= LATENESS_BOUND, "next_retry_at stood {worst_overdue:?} in the past");
     assert!(drained, "the endpoint still had deliveries waiting 40 s after the receiver came back");
     assert_eq!(lost, 0, "acknowledged events never delivered");
     assert_eq!(duplicated, 0, "deliveries that succeeded more than once");
