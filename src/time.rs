@@ -1,10 +1,28 @@
-//! Wall-clock time as stored (unix milliseconds) and as shown (RFC 3339 UTC with milliseconds).
+//! Time: the wall clock as stored (unix milliseconds) and as shown (RFC 3339 UTC with milliseconds), and
+//! the scheduling clock that timers use.
+//!
+//! Two clocks, for two purposes. What people read — `received_at`, an attempt's `sent_at`, the
+//! `webhook-timestamp` a receiver checks against its own clock — is wall time ([`now_ms`]). What decides
+//! *when* hookd acts — a retry's due time — is [`clock_ms`]: the wall clock read once, at its first use
+//! early in the run, plus the monotonic time elapsed since. A step of the wall clock while hookd runs
+//! (an operator's `date -s`, a VM resumed, NTP stepping) moves no timer; the values are still unix
+//! milliseconds, so due times stored in the retry queue keep their meaning across a restart, where the
+//! clock is anchored to the wall clock again.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// Unix time in milliseconds.
+/// Unix time in milliseconds (the wall clock: for what people read).
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The scheduling clock in unix milliseconds: the wall clock at the anchor plus monotonic time since.
+/// Equal to [`now_ms`] until the wall clock is stepped; it never goes back.
+pub fn clock_ms() -> u64 {
+    static ANCHOR: OnceLock<(u64, Instant)> = OnceLock::new();
+    let (wall, at) = ANCHOR.get_or_init(|| (now_ms(), Instant::now()));
+    wall.saturating_add(at.elapsed().as_millis() as u64)
 }
 
 /// Unix time in microseconds.
@@ -54,6 +72,16 @@ fn parse_with_offset(s: &str) -> Option<SystemTime> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_scheduling_clock_starts_at_the_wall_clock_and_never_goes_back() {
+        let wall = now_ms();
+        let a = clock_ms();
+        let b = clock_ms();
+        assert!(b >= a, "{b} < {a}");
+        // Anchored at the first use in this test process: within a minute of the wall clock.
+        assert!(a.abs_diff(wall) < 60_000, "clock {a}, wall {wall}");
+    }
 
     #[test]
     fn formats_with_milliseconds_and_z() {

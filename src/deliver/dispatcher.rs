@@ -24,6 +24,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use super::client::{HttpClient, OutboundRequest};
+use super::due::DueQueue;
 use super::feed::{Command, EventRef, Feed, ManualOutcome, Waiting};
 use super::notify;
 use super::request;
@@ -40,7 +41,7 @@ use crate::time::format_ms;
 
 /// Events read from the log per catch-up pass; bounds memory however far behind the endpoint is.
 const CATCH_UP_CHUNK: usize = 512;
-/// Retry-queue entries held in memory; the rest stay in the store until these are done.
+/// Retry-queue entries held in memory; the rest stay in the store, read in windows (see `due`).
 const DUE_IN_MEMORY: usize = 4096;
 /// An idle endpoint's cursor follows the log at most this often (one small write).
 const IDLE_PERSIST_EVERY: Duration = Duration::from_secs(5);
@@ -109,10 +110,8 @@ pub struct Dispatcher {
     cursor: u64,
     persisted_cursor: u64,
     last_persist: Instant,
-    /// Retry-queue entries known in memory, as (due ms, webhook id), earliest first.
-    due: BTreeSet<(u64, u64)>,
-    /// The store may hold queue entries that `due` does not.
-    due_more: bool,
+    /// The retry queue's window in memory, as (due ms on the scheduling clock, webhook id).
+    due: DueQueue,
     /// Webhook ids whose retry is in flight.
     retrying: HashSet<u64>,
     limiter: Option<(RateLimit, DefaultDirectRateLimiter)>,
@@ -143,8 +142,7 @@ impl Dispatcher {
             cursor,
             persisted_cursor: cursor,
             last_persist: Instant::now(),
-            due: BTreeSet::new(),
-            due_more: true,
+            due: DueQueue::new(DUE_IN_MEMORY),
             retrying: HashSet::new(),
             limiter: None,
             rate_wait: None,
@@ -264,19 +262,20 @@ impl Dispatcher {
     fn recover(&mut self, mut lo: u64, hi: u64) -> Result<usize, StoreError> {
         const CHUNK: usize = 1000;
         let now = crate::time::now_ms();
+        let due = crate::time::clock_ms();
         let mut total = 0;
         while lo <= hi {
             let mut chunk = self.shared.store.failed_deliveries(self.endpoint, lo, hi, CHUNK)?;
             let Some(last) = chunk.last().map(|(w, _)| *w) else { break };
             for (_, record) in &mut chunk {
                 record.state = DeliveryState::Pending;
-                record.next_attempt_at = Some(now);
+                record.next_attempt_at = Some(due);
                 record.updated_at = now;
                 record.manual = true;
             }
-            self.shared.store.requeue(self.endpoint, now, &chunk)?;
+            self.shared.store.requeue(self.endpoint, due, &chunk)?;
             for (webhook_id, _) in &chunk {
-                self.queue_due(now, *webhook_id);
+                self.queue_due(due, *webhook_id);
             }
             total += chunk.len();
             if chunk.len() < CHUNK {
@@ -293,10 +292,6 @@ impl Dispatcher {
     /// Notes a retry-queue entry in memory (the store has it).
     fn queue_due(&mut self, due: u64, webhook_id: u64) {
         self.due.insert((due, webhook_id));
-        if self.due.len() > DUE_IN_MEMORY {
-            self.due.pop_last();
-            self.due_more = true;
-        }
     }
 
     /// Publishes what waits for a first attempt, for the stats API.
@@ -311,9 +306,9 @@ impl Dispatcher {
             first_attempts: (self.pending.len() + self.backlog.len() + queued) as u64,
             oldest_event: oldest,
             lagging: lag.is_some(),
-            retries: (self.due.len() + self.retrying.len()) as u64,
-            retries_more: self.due_more,
-            first_retry: self.due.first().map(|(_, w)| *w),
+            retries: (self.due.in_memory() + self.retrying.len()) as u64,
+            retries_more: self.due.more_in_store(),
+            first_retry: self.due.first().map(|(_, w)| w),
         });
     }
 
@@ -322,7 +317,7 @@ impl Dispatcher {
     fn fill(&mut self, entry: &EndpointEntry) {
         let ordered = entry.record.ordered;
         let max = if ordered { 1 } else { entry.record.max_in_flight.max(1) as usize };
-        let now = crate::time::now_ms();
+        let now = crate::time::clock_ms();
         while self.in_flight.len() < max {
             // A re-send of a delivery whose retry is in flight waits for that retry to finish.
             if self.manual.front().is_some_and(|m| !self.retrying.contains(&m.webhook_id)) {
@@ -334,10 +329,10 @@ impl Dispatcher {
                 }
                 continue;
             }
-            if self.due.is_empty() && self.due_more {
+            if self.due.needs_reload() {
                 self.reload_due();
             }
-            if self.due.first().is_some_and(|(due, _)| *due <= now) {
+            if self.due.first().is_some_and(|(due, _)| due <= now) {
                 if !self.permit(entry) {
                     return;
                 }
@@ -347,7 +342,7 @@ impl Dispatcher {
                 continue;
             }
             // Ordered: while a delivery waits for its retry, nothing behind it may start.
-            if ordered && (!self.due.is_empty() || !self.retrying.is_empty()) {
+            if ordered && (self.due.first().is_some() || !self.retrying.is_empty()) {
                 return;
             }
             match entry.record.batch {
@@ -467,15 +462,13 @@ impl Dispatcher {
         self.feed.catch_up_done(scanned_to);
     }
 
+    /// Reads the retry queue's next window; retries in flight keep their store keys until their outcome
+    /// is written, and are skipped.
     fn reload_due(&mut self) {
-        match self.shared.store.due(self.endpoint, DUE_IN_MEMORY) {
-            Ok(entries) => {
-                self.due_more = entries.len() == DUE_IN_MEMORY;
-                self.due.extend(entries.into_iter().filter(|(_, w)| !self.retrying.contains(w)));
-            }
-            Err(e) => {
-                tracing::error!(endpoint = %EndpointId(self.endpoint), error = %e, "cannot read the retry queue")
-            }
+        let (store, endpoint, retrying) = (&self.shared.store, self.endpoint, &self.retrying);
+        let read = |from, limit| store.due_from(endpoint, from, limit);
+        if let Err(e) = self.due.reload(read, |(_, w)| !retrying.contains(w)) {
+            tracing::error!(endpoint = %EndpointId(self.endpoint), error = %e, "cannot read the retry queue")
         }
     }
 
@@ -712,7 +705,9 @@ impl Dispatcher {
                 }
             }
             Err(e) => {
-                tracing::error!(endpoint = %EndpointId(self.endpoint), error = %e, "cannot record attempts")
+                tracing::error!(endpoint = %EndpointId(self.endpoint), error = %e, "cannot record attempts");
+                // The queue keys of the write are not in the store: read the queue again from it.
+                self.due.forget();
             }
         }
         // Live activity: every outcome, as recorded.
@@ -948,7 +943,8 @@ impl Dispatcher {
             record.state = DeliveryState::Succeeded;
         } else if let Some(delay) = retry::next_delay(policy, record.attempts, retry_after, &mut rand::rng())
         {
-            let due = now.saturating_add(delay.as_millis() as u64);
+            // Due on the scheduling clock, which a step of the wall clock does not move.
+            let due = crate::time::clock_ms().saturating_add(delay.as_millis() as u64);
             record.state = DeliveryState::Pending;
             record.next_attempt_at = Some(due);
             new_due = Some(due);
@@ -1043,7 +1039,7 @@ impl Dispatcher {
 
     /// When to wake without any other signal: a retry coming due, or the rate limiter refilling.
     fn next_wake(&self, entry: &EndpointEntry) -> Option<Instant> {
-        let now_ms = crate::time::now_ms();
+        let now_ms = crate::time::clock_ms();
         let due = self
             .due
             .first()

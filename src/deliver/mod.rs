@@ -3,6 +3,7 @@
 //! `request` + `sign` (what goes on the wire) → `client` (sending it) → `retry` (what the answer means).
 pub mod client;
 pub mod dispatcher;
+pub mod due;
 pub mod feed;
 pub mod notify;
 pub mod request;

@@ -344,11 +344,24 @@ impl Store {
         Ok(self.inner.state.get(keys::two(keys::BATCH_OF, endpoint, event))?.map(|v| keys::u64_at(&v, 0)))
     }
 
-    /// The next entries of an endpoint's retry queue, earliest first, as `(due ms, webhook id)`.
+    /// The first entries of an endpoint's retry queue, earliest first, as `(due ms, webhook id)`.
     pub fn due(&self, endpoint: u64, limit: usize) -> Result<Vec<(u64, u64)>, StoreError> {
+        self.due_from(endpoint, (0, 0), limit)
+    }
+
+    /// The entries of an endpoint's retry queue at or after `from` (a `(due ms, webhook id)` pair, in the
+    /// queue's order), earliest first, at most `limit`: the dispatcher's next window of the queue.
+    pub fn due_from(
+        &self,
+        endpoint: u64,
+        from: (u64, u64),
+        limit: usize,
+    ) -> Result<Vec<(u64, u64)>, StoreError> {
+        let prefix = keys::one(keys::QUEUE, endpoint);
         self.inner
             .state
-            .scan_prefix(keys::one(keys::QUEUE, endpoint))
+            .range(keys::three(keys::QUEUE, endpoint, from.0, from.1)..)
+            .take_while(|item| item.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix)))
             .take(limit)
             .map(|item| {
                 let (k, _) = item?;
@@ -923,6 +936,25 @@ mod tests {
             request_body: None,
         };
         (id, record)
+    }
+
+    #[test]
+    fn a_window_of_the_retry_queue_starts_at_its_key_and_stays_within_the_endpoint() {
+        let (_dir, store, _) = history(0);
+        for (endpoint, due, webhook) in
+            [(5, 10, 1), (5, 20, 2), (5, 20, 3), (5, 30, 4), (6, 1, 9), (4, 99, 8)]
+        {
+            store
+                .inner
+                .state
+                .insert(keys::three(keys::QUEUE, endpoint, due, webhook), &[])
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let read = |from, limit| store.due_from(5, from, limit).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(read((20, 3), 10), vec![(20, 3), (30, 4)]);
+        assert_eq!(read((20, 0), 1), vec![(20, 2)]);
+        assert_eq!(read((31, 0), 10), vec![]);
+        assert_eq!(store.due(5, 10).unwrap_or_default().len(), 4);
     }
 
     /// A history of `n` attempts of two endpoints, one in ten at `RARE`, one in 97 failed.

@@ -10,6 +10,7 @@
 //!
 //! Tests that need root (mounting a small filesystem) say so and are skipped elsewhere; CI runs as root.
 
+mod clock;
 #[path = "../it/harness.rs"]
 mod harness;
 mod kill;
@@ -19,4 +20,5 @@ mod load;
 #[path = "../it/receiver.rs"]
 mod receiver;
 mod report;
+mod retry_backlog;
 mod stalled_body;
