@@ -46,6 +46,15 @@ pub async fn record(State(state): State<AppState>, req: Request, next: Next) -> 
     if !is_write(req.method()) {
         return next.run(req).await;
     }
+    // A full disk refuses every write up front (see `store::space`): one that began would have to be
+    // undone, and its audit record could not be written either.
+    let verdict = state.capacity.verdict();
+    if verdict.writes_refused() {
+        let reason = verdict.reason().unwrap_or("the disk is full");
+        // The body is not read: close the connection (as `events::check_capacity` does).
+        let refusal = Problem::unavailable(format!("{reason}: nothing was changed"), verdict.retry_after());
+        return Problem { close_connection: true, ..refusal }.into_response();
+    }
     let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
     let principal = req.extensions().get::<Principal>().cloned();
     let (Some(route), Some(principal)) = (route, principal) else { return next.run(req).await };

@@ -24,10 +24,11 @@ use crate::time::{display_ms, format_ms};
 
 /// Refuses ingest while disk space is short (see [`crate::capacity`]): a load of two atomics.
 fn check_capacity(state: &AppState) -> Result<(), Problem> {
-    match state.capacity.verdict().reason() {
+    let verdict = state.capacity.verdict();
+    match verdict.reason() {
         Some(reason) => Err(Problem::unavailable(
             format!("{reason}: ingest is paused, retry later"),
-            crate::capacity::RETRY_AFTER_SECS,
+            verdict.retry_after(),
         )),
         None => Ok(()),
     }
@@ -36,7 +37,7 @@ fn check_capacity(state: &AppState) -> Result<(), Problem> {
 fn commit_problem(e: CommitError) -> Problem {
     match e {
         CommitError::Stopped => Problem::unavailable("hookd is shutting down", 5),
-        CommitError::Store(e) => Problem::internal(&e),
+        CommitError::Store(e) => e.into(),
     }
 }
 

@@ -48,7 +48,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::marker::PhantomData;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -204,6 +204,8 @@ pub struct SegmentLog<K: Kind> {
     readers: RwLock<HashMap<u64, Arc<File>>>,
     /// Index entries pointing into each segment.
     refs: Mutex<BTreeMap<u64, u64>>,
+    /// Where appends report the bytes they add to the disk (see `space`); set once by the store.
+    space: OnceLock<Arc<super::space::Space>>,
     kind: PhantomData<K>,
 }
 
@@ -257,6 +259,7 @@ impl<K: Kind> SegmentLog<K> {
             writer: Mutex::new(writer),
             readers: RwLock::new(HashMap::new()),
             refs: Mutex::new(BTreeMap::new()),
+            space: OnceLock::new(),
             kind: PhantomData,
         })
     }
@@ -311,18 +314,68 @@ impl<K: Kind> SegmentLog<K> {
             })
             .and_then(|()| if syncs { w.file.sync_data() } else { Ok(()) });
         if let Err(e) = written {
-            // Nothing of this group is acknowledged: cut what reached the file so the next group starts
-            // where the pointers say. If even that fails, the next group goes to a new segment (and a
-            // replay after a crash may store this group after all: at least once, never lost).
-            match w.file.set_len(w.len) {
-                Ok(()) => w.reserved = w.len,
-                Err(_) => w.broken = true,
-            }
+            // Nothing of this group is acknowledged: cut what reached the file (a full disk leaves a
+            // partial frame) so the next group starts where the pointers say.
+            let at = w.len;
+            self.cut(&mut w, at);
             return Err(e.into());
+        }
+        if let Some(space) = self.space.get() {
+            space.consume(reserve_to.max(w.reserved) - w.reserved.max(w.len));
         }
         w.len = end;
         w.reserved = w.reserved.max(reserve_to);
         Ok((pointers, (w.segment, w.len)))
+    }
+
+    /// Reports what every append adds to the disk to `space`, from now on.
+    pub fn count_in(&self, space: Arc<super::space::Space>) {
+        let _ = self.space.set(space);
+    }
+
+    /// Takes back the last append, whose group is not to be acknowledged after all (its index writes
+    /// failed): the segment is cut at `to`, the position of its first frame, and synced, so that
+    /// neither this process nor a replay after a restart stores what the producer was refused.
+    /// Cutting a file needs no free space. Fails when the cut did not happen (the writer then moves to
+    /// a new segment, and the frames stay where a restart's replay finds them).
+    pub fn rollback(&self, to: (u64, u64)) -> Result<(), StoreError> {
+        let mut w = lock(&self.writer);
+        if w.segment != to.0 || to.1 > w.len || to.1 < K::MAGIC.len() as u64 {
+            return Err(corrupt(format!(
+                "{} log cannot roll back to {}:{}: writing {}:{}",
+                K::DIR,
+                to.0,
+                to.1,
+                w.segment,
+                w.len
+            )));
+        }
+        if self.cut(&mut w, to.1) {
+            Ok(())
+        } else {
+            Err(corrupt(format!("{} log could not be cut back to {}:{}", K::DIR, to.0, to.1)))
+        }
+    }
+
+    /// Cuts the segment being written at `at` (dropping its reserve too) and syncs the cut in `fsync`
+    /// mode. On failure the writer is marked broken: the next append starts a new segment.
+    fn cut(&self, w: &mut Writer, at: u64) -> bool {
+        let cut = w
+            .file
+            .set_len(at)
+            .and_then(|()| if self.mode == Durability::Fsync { w.file.sync_data() } else { Ok(()) });
+        match cut {
+            Ok(()) => {
+                w.len = at;
+                w.reserved = at;
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, segment = w.segment, offset = at, "cannot cut a {} segment back", K::DIR);
+                w.broken = true;
+                false
+            }
+        }
     }
 
     /// Makes every append so far durable (`fsync` mode; appends of a kind that syncs each one need
@@ -707,6 +760,36 @@ mod tests {
         assert_eq!(scanned, vec![(5, 100, ptrs[0], 3), (6, 103, ptrs[1], 1)]);
         assert_eq!(frames(&log, (1, ptrs[1].offset)).len(), 1, "a scan starts where it is told");
         assert_eq!(frames(&log, end), vec![]);
+    }
+
+    #[test]
+    fn a_rolled_back_group_is_gone_from_the_file_and_from_a_replay() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (kept, end) = {
+            let log =
+                SegmentLog::<Events>::open(dir.path(), Durability::Fsync).unwrap_or_else(|e| panic!("{e}"));
+            let rec = record(2);
+            let (kept, _) = log
+                .append(&[Append { tenant: 1, first_id: 1, items: &rec }])
+                .unwrap_or_else(|e| panic!("{e}"));
+            let refused = record(3);
+            let (ptrs, _) = log
+                .append(&[Append { tenant: 1, first_id: 3, items: &refused }])
+                .unwrap_or_else(|e| panic!("{e}"));
+            log.rollback((ptrs[0].segment, ptrs[0].offset)).unwrap_or_else(|e| panic!("{e}"));
+            assert!(log.rollback((ptrs[0].segment, ptrs[0].offset + 1)).is_err(), "past the end: refused");
+            // The next group takes the refused one's place.
+            let next = record(1);
+            let (again, end) = log
+                .append(&[Append { tenant: 1, first_id: 6, items: &next }])
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(again[0].offset, ptrs[0].offset);
+            (kept[0], end)
+        };
+        // A restart replays what the index lacks: the kept group and the next one, never the refused.
+        let log = SegmentLog::<Events>::open(dir.path(), Durability::Fsync).unwrap_or_else(|e| panic!("{e}"));
+        let replayed: Vec<u64> = frames(&log, (1, 0)).into_iter().map(|f| f.1).collect();
+        assert_eq!(replayed, vec![1, 6], "{kept:?} {end:?}");
     }
 
     #[test]
