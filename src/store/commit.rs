@@ -134,12 +134,8 @@ impl Committer {
 }
 
 /// StoreError is not Clone (it holds io/sled errors); a group's failure is shared by all its requests.
-/// A full disk stays a full disk: the API answers it 503 + `Retry-After`.
 fn shared_error(e: &Arc<StoreError>) -> StoreError {
-    if e.is_full() {
-        return StoreError::Full(std::io::Error::new(std::io::ErrorKind::StorageFull, e.to_string()));
-    }
-    StoreError::Io(std::io::Error::other(e.to_string()))
+    super::refuse::shared(e)
 }
 
 fn run(
@@ -300,8 +296,7 @@ fn commit_group(
     let mut slots: Vec<Vec<Slot>> = Vec::with_capacity(group.len());
     let mut replies = Vec::with_capacity(group.len());
     let mut failed: Option<StoreError> = None;
-    // What the group will add to the disk, to take from ingest's room (see `space`): a sum over the
-    // requests, no syscall.
+    // About what the group adds to the disk, for ingest's room (see `space`): no syscall.
     let group_bytes: u64 = group.iter().map(|r| r.bytes as u64).sum();
 
     for req in group {
@@ -405,11 +400,7 @@ const MAX_RECORD_BYTES: usize = 64 * 1024;
 /// `fsync` mode), then puts their idempotency keys, their pointers and the indexed position in the
 /// index, in that order ([`Ordered`]: not a sled batch, which costs a write of sled's log each). Returns
 /// the records and, per tenant (in the order given), the id of its first event.
-///
-/// A group refused — no room left on the disk, or any step failing — leaves nothing behind: a failed
-/// append cuts its partial frame, and a failed index write undoes the writes before it ([`Ordered`])
-/// and cuts the group's frames ([`index_or_roll_back`]), so that neither this process nor a replay
-/// after a restart stores an event whose producer was told it was not.
+/// A group refused leaves nothing behind, not even for a replay after a restart ([`super::refuse`]).
 fn write_group(
     store: &Store,
     ids: &IdGen,
@@ -418,12 +409,7 @@ fn write_group(
     bytes: u64,
 ) -> Result<(Vec<CommittedRecord>, Vec<u64>), StoreError> {
     let space = &store.inner.space;
-    if space.engine_failed() {
-        return Err(no_room("the database refuses writes until hookd restarts"));
-    }
-    if !space.has_room(bytes) {
-        return Err(no_room("ingest's share of the free disk space is used up"));
-    }
+    super::refuse::admit(space, bytes)?;
     let mut keys_of_group = Ordered::default();
     let mut committed = Vec::with_capacity(tenants.len());
     let mut first_ids = Vec::with_capacity(tenants.len());
@@ -474,45 +460,17 @@ fn write_group(
     // Last: the position says that the keys before it are written (sled recovers a prefix).
     keys_of_group.insert(super::log::indexed_key(), super::log::encode_position(written_up_to));
     // Not flushed: the frames are the durable copy, and a crash replays them into the index.
-    index_or_roll_back(&store.inner.segments, space, keys_of_group, &store.inner.log, pointers.first())?;
+    super::refuse::index_or_roll_back(
+        &store.inner.segments,
+        space,
+        keys_of_group,
+        &store.inner.log,
+        pointers.first(),
+    )?;
     store.inner.segments.add_refs(pointers.iter().map(|p| p.segment));
     Ok((committed, first_ids))
 }
 
-/// A group refused for want of disk space.
-fn no_room(why: &str) -> StoreError {
-    StoreError::Full(std::io::Error::new(std::io::ErrorKind::StorageFull, why.to_owned()))
-}
-
-/// Writes a group's index entries; if that fails, takes the group's frames (from `first`) back out of
-/// the segment, so that the refusal the producer gets is true after a restart too.
-///
-/// If even the cut fails (the writer then moves to a new segment), the frames stay and a replay at the
-/// next start would index them: the gate is closed for the rest of this process (the engine is marked
-/// failed) and the error log names the segment and offset. Recorded in DECISIONS.md: the producer was
-/// told 503, so a replay may deliver events it will send again (at least once, never lost).
-fn index_or_roll_back(
-    segments: &super::segment::SegmentLog<super::segment::Events>,
-    space: &super::space::Space,
-    keys: Ordered,
-    index: &impl super::ordered::Target,
-    first: Option<&super::segment::Pointer>,
-) -> Result<(), StoreError> {
-    let Err(e) = keys.apply(index) else { return Ok(()) };
-    let e = space.noted_engine(e);
-    if let Some(p) = first
-        && let Err(cut) = segments.rollback((p.segment, p.offset))
-    {
-        tracing::error!(
-            error = %cut,
-            segment = p.segment,
-            offset = p.offset,
-            "a refused group's frames could not be cut from the log: a restart may replay them"
-        );
-        space.refuse_until_restart(&cut);
-    }
-    Err(e)
-}
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
@@ -532,22 +490,18 @@ mod tests {
         }
     }
 
-    /// An `fsync` store's settings in `dir`.
-    fn settings_in(dir: &std::path::Path) -> StoreSettings {
-        StoreSettings {
-            data_dir: dir.to_path_buf(),
-            durability: Durability::Fsync,
-            cache_bytes: 8 << 20,
-            master_key: None,
-        }
-    }
-
     /// A committer over a fresh `fsync` store in `dir`, and a two-worker runtime to drive it.
     fn committer_in(
         dir: &std::path::Path,
         on_commit: OnCommit,
     ) -> (Committer, std::thread::JoinHandle<()>, tokio::runtime::Runtime) {
-        let store = Store::open(&settings_in(dir)).unwrap_or_else(|e| panic!("{e}"));
+        let store = Store::open(&StoreSettings {
+            data_dir: dir.to_path_buf(),
+            durability: Durability::Fsync,
+            cache_bytes: 8 << 20,
+            master_key: None,
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
         let (committer, thread) =
             Committer::spawn(store, Arc::new(IdGen::new(0)), on_commit).unwrap_or_else(|e| panic!("{e}"));
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -589,50 +543,6 @@ mod tests {
         for i in 0..groups {
             gather.committed(events, start + every * i, took);
         }
-    }
-
-    /// An index that refuses every write, as sled does once it met a full disk.
-    struct Refusing;
-
-    impl crate::store::ordered::Target for Refusing {
-        fn put(&self, _: sled::IVec, _: sled::IVec) -> sled::Result<Option<sled::IVec>> {
-            Err(sled::Error::Io(std::io::Error::new(std::io::ErrorKind::StorageFull, "injected")))
-        }
-        fn delete(&self, key: sled::IVec) -> sled::Result<Option<sled::IVec>> {
-            self.put(key.clone(), key)
-        }
-    }
-
-    /// Fault 2 of issue 21: a group whose index write failed was answered 500 but its frame stayed,
-    /// and the next start replayed it as an event the producer never got an id for.
-    #[test]
-    fn a_group_whose_index_write_fails_is_cut_from_the_log_and_never_replayed() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let settings = settings_in(dir.path());
-        let store = Store::open(&settings).unwrap_or_else(|e| panic!("{e}"));
-        let rec = vec![EventRecord {
-            event_type: "a".into(),
-            channels: Vec::new(),
-            payload: "{}".into(),
-            received_at: 1,
-            idempotency_key: None,
-            routes: vec![1],
-        }];
-        let segments = &store.inner.segments;
-        let (pointers, _) = segments
-            .append(&[super::Append { tenant: 1, first_id: 10, items: &rec }])
-            .unwrap_or_else(|e| panic!("{e}"));
-        let mut keys = Ordered::default();
-        keys.insert(keys::two(keys::LOG, 1, 10), pointers[0].encode());
-        let e = index_or_roll_back(segments, &store.inner.space, keys, &Refusing, pointers.first())
-            .err()
-            .unwrap_or_else(|| panic!("the index write was to fail"));
-        assert!(e.is_full(), "a full disk, answered 503: {e:?}");
-        assert!(store.space().is_full() && store.space().engine_failed());
-        drop(store);
-        let store = Store::reopen_for_test(&settings);
-        assert_eq!(store.inner.log.get(keys::two(keys::LOG, 1, 10)).unwrap_or_default(), None, "replayed");
-        assert_eq!(store.max_event_id().unwrap_or_else(|e| panic!("{e}")), 0);
     }
 
     #[test]

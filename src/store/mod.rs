@@ -63,6 +63,7 @@ mod keys;
 mod log;
 mod ordered;
 pub mod records;
+mod refuse;
 mod retention;
 pub mod seal;
 pub mod segment;

@@ -58,6 +58,8 @@ use super::StoreError;
 use crate::config::Durability;
 use crate::model::{AttemptRecord, EventRecord};
 
+mod cut;
+
 /// What one kind of segment log holds, and where.
 pub trait Kind {
     /// The items a frame carries (events, attempts), each encoded on its own.
@@ -331,51 +333,6 @@ impl<K: Kind> SegmentLog<K> {
     /// Reports what every append adds to the disk to `space`, from now on.
     pub fn count_in(&self, space: Arc<super::space::Space>) {
         let _ = self.space.set(space);
-    }
-
-    /// Takes back the last append, whose group is not to be acknowledged after all (its index writes
-    /// failed): the segment is cut at `to`, the position of its first frame, and synced, so that
-    /// neither this process nor a replay after a restart stores what the producer was refused.
-    /// Cutting a file needs no free space. Fails when the cut did not happen (the writer then moves to
-    /// a new segment, and the frames stay where a restart's replay finds them).
-    pub fn rollback(&self, to: (u64, u64)) -> Result<(), StoreError> {
-        let mut w = lock(&self.writer);
-        if w.segment != to.0 || to.1 > w.len || to.1 < K::MAGIC.len() as u64 {
-            return Err(corrupt(format!(
-                "{} log cannot roll back to {}:{}: writing {}:{}",
-                K::DIR,
-                to.0,
-                to.1,
-                w.segment,
-                w.len
-            )));
-        }
-        if self.cut(&mut w, to.1) {
-            Ok(())
-        } else {
-            Err(corrupt(format!("{} log could not be cut back to {}:{}", K::DIR, to.0, to.1)))
-        }
-    }
-
-    /// Cuts the segment being written at `at` (dropping its reserve too) and syncs the cut in `fsync`
-    /// mode. On failure the writer is marked broken: the next append starts a new segment.
-    fn cut(&self, w: &mut Writer, at: u64) -> bool {
-        let cut = w
-            .file
-            .set_len(at)
-            .and_then(|()| if self.mode == Durability::Fsync { w.file.sync_data() } else { Ok(()) });
-        match cut {
-            Ok(()) => {
-                w.len = at;
-                w.reserved = at;
-                true
-            }
-            Err(e) => {
-                tracing::error!(error = %e, segment = w.segment, offset = at, "cannot cut a {} segment back", K::DIR);
-                w.broken = true;
-                false
-            }
-        }
     }
 
     /// Makes every append so far durable (`fsync` mode; appends of a kind that syncs each one need
@@ -760,36 +717,6 @@ mod tests {
         assert_eq!(scanned, vec![(5, 100, ptrs[0], 3), (6, 103, ptrs[1], 1)]);
         assert_eq!(frames(&log, (1, ptrs[1].offset)).len(), 1, "a scan starts where it is told");
         assert_eq!(frames(&log, end), vec![]);
-    }
-
-    #[test]
-    fn a_rolled_back_group_is_gone_from_the_file_and_from_a_replay() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let (kept, end) = {
-            let log =
-                SegmentLog::<Events>::open(dir.path(), Durability::Fsync).unwrap_or_else(|e| panic!("{e}"));
-            let rec = record(2);
-            let (kept, _) = log
-                .append(&[Append { tenant: 1, first_id: 1, items: &rec }])
-                .unwrap_or_else(|e| panic!("{e}"));
-            let refused = record(3);
-            let (ptrs, _) = log
-                .append(&[Append { tenant: 1, first_id: 3, items: &refused }])
-                .unwrap_or_else(|e| panic!("{e}"));
-            log.rollback((ptrs[0].segment, ptrs[0].offset)).unwrap_or_else(|e| panic!("{e}"));
-            assert!(log.rollback((ptrs[0].segment, ptrs[0].offset + 1)).is_err(), "past the end: refused");
-            // The next group takes the refused one's place.
-            let next = record(1);
-            let (again, end) = log
-                .append(&[Append { tenant: 1, first_id: 6, items: &next }])
-                .unwrap_or_else(|e| panic!("{e}"));
-            assert_eq!(again[0].offset, ptrs[0].offset);
-            (kept[0], end)
-        };
-        // A restart replays what the index lacks: the kept group and the next one, never the refused.
-        let log = SegmentLog::<Events>::open(dir.path(), Durability::Fsync).unwrap_or_else(|e| panic!("{e}"));
-        let replayed: Vec<u64> = frames(&log, (1, 0)).into_iter().map(|f| f.1).collect();
-        assert_eq!(replayed, vec![1, 6], "{kept:?} {end:?}");
     }
 
     #[test]
