@@ -220,13 +220,24 @@ async fn check(store: &Store, limits: Limits, gate: &Gate) {
 /// Every [`SPACE_EVERY`] until `stop`: measure the filesystem and keep the store's [`Space`] (see
 /// [`check_space`]). `ballast_bytes` is `storage.ballast_bytes`.
 pub async fn watch_space(store: Store, ballast_bytes: u64, stop: CancellationToken) {
+    // A failure repeats every period: logged when it starts, not 20 times a second.
+    let failing = Arc::new(AtomicBool::new(false));
     crate::periodic::every(Duration::ZERO, SPACE_EVERY, &stop, || {
-        let s = store.clone();
+        let (s, failing) = (store.clone(), failing.clone());
         async move {
-            match tokio::task::spawn_blocking(move || check_space(&s, ballast_bytes)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!(error = %e, "cannot measure the data dir's filesystem"),
-                Err(e) => tracing::error!(error = %e, "disk space check task failed"),
+            let failed = match tokio::task::spawn_blocking(move || check_space(&s, ballast_bytes)).await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(e) => Some(e.to_string()),
+            };
+            match failed {
+                Some(e) if !failing.swap(true, Ordering::Relaxed) => {
+                    tracing::error!(error = %e, "cannot measure the data dir's filesystem: full-disk protection is blind")
+                }
+                None if failing.swap(false, Ordering::Relaxed) => {
+                    tracing::info!("the data dir's filesystem is measured again")
+                }
+                _ => {}
             }
         }
     })
