@@ -248,12 +248,16 @@ async fn full_disk(fault: &str, when: When) {
     std::fs::remove_file(&filler).expect("remove filler");
     std::fs::remove_file(&others).expect("remove the other files");
     let freed = Instant::now();
+    // Resumed: an event of its own is taken (the producers' answers count as they come).
     let resumed = eventually(Duration::from_secs(30), Duration::from_millis(100), || async {
-        let readyz = daemon.send(Method::GET, "/readyz", None).await;
-        (readyz.status == StatusCode::OK).then_some(())
+        let seq = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let r = daemon.send(Method::POST, &format!("/v1/tenants/{TENANT}/events"), Some(&event(seq))).await;
+        answers.record(&[seq], r.status.as_u16(), r.header("retry-after").is_some(), &r.text());
+        (r.status == StatusCode::ACCEPTED).then_some(())
     })
     .await
     .map(|()| freed.elapsed());
+    let ready_again = daemon.send(Method::GET, "/readyz", None).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for t in tasks {
         t.await.expect("ingester");
@@ -326,6 +330,7 @@ async fn full_disk(fault: &str, when: When) {
     );
     assert!(resumed.is_some_and(|d| d < Duration::from_secs(15)), "ingest did not resume: {resumed:?}");
     assert!(after.iter().all(|s| *s == 202), "ingest after the space came back: {after:?}");
+    assert_eq!(ready_again.status, StatusCode::OK, "/readyz once ingest resumed: {}", ready_again.text());
     assert!(exit.success(), "SIGTERM after a full disk: {exit}");
     assert!(
         phantom.is_empty(),
