@@ -350,6 +350,30 @@ mod tests {
     }
 
     #[test]
+    fn a_full_disk_refuses_admin_writes_too_and_a_failed_database_says_to_restart() {
+        let caps = Verdict { log_full: true, ..Verdict::default() };
+        assert!(!caps.writes_refused(), "the caps leave room on purpose: admin writes go on");
+        assert_eq!(caps.retry_after(), RETRY_AFTER_SECS);
+        let full = Verdict { disk_full: true, ..caps };
+        assert!(full.refused() && full.writes_refused());
+        assert_eq!(full.retry_after(), FULL_RETRY_AFTER_SECS);
+        assert!(full.reason().is_some_and(|r| r.contains("the disk is full")), "{:?}", full.reason());
+        let failed = Verdict { engine_failed: true, ..full };
+        assert!(failed.reason().is_some_and(|r| r.contains("restart")), "{:?}", failed.reason());
+    }
+
+    #[test]
+    fn the_gate_reads_the_stores_full_disk_flag_as_soon_as_a_write_sets_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let space = Arc::new(Space::new(dir.path()));
+        let gate = Gate::new(space.clone());
+        assert!(!gate.verdict().refused());
+        space.met_full();
+        assert!(gate.verdict().disk_full && gate.verdict().writes_refused());
+        assert!(space.deliveries_paused(), "until the watcher has measured what the ballast gave back");
+    }
+
+    #[test]
     fn the_free_space_of_a_real_directory_is_readable() {
         let dir = tempfile::tempdir().expect("temp dir");
         assert!(free_bytes(dir.path()).is_ok());
