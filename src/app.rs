@@ -330,6 +330,10 @@ const STATE_FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// would be).
 async fn flush_state(store: Store, stop: CancellationToken) {
     crate::periodic::every(Duration::ZERO, STATE_FLUSH_EVERY, &stop, || async {
+        // A failed database refuses every write until the restart, and said so once: no error per period.
+        if store.space().engine_failed() {
+            return;
+        }
         let s = store.clone();
         match tokio::task::spawn_blocking(move || s.sync_if_dirty()).await {
             Ok(Ok(_)) => {}

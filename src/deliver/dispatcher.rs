@@ -200,7 +200,7 @@ impl Dispatcher {
             self.publish_waiting();
             let wake_at = match (active, paused) {
                 (true, false) => self.next_wake(&entry),
-                (true, true) => Some(Instant::now() + crate::capacity::SPACE_EVERY),
+                (true, true) => Some(Instant::now() + crate::store::space::PAUSED_RECHECK),
                 (false, _) => None,
             };
             tokio::select! {

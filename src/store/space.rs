@@ -44,6 +44,10 @@ const MIN_HYSTERESIS: u64 = 1 << 20;
 /// what is left is for the writes already under way (sled's flush of them).
 const MIN_FLOOR: u64 = 256 << 10;
 
+/// How often a paused dispatcher looks again whether deliveries may resume: rare enough that
+/// thousands of endpoints waiting cost little, soon enough that nobody notices the wait.
+pub const PAUSED_RECHECK: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Whether an I/O error means "no space" (`ENOSPC`, `EDQUOT`).
 pub fn is_full(e: &std::io::Error) -> bool {
     use std::io::ErrorKind;
