@@ -100,10 +100,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         keys: keys.clone(),
         client,
         user_agent: agent,
-        capacity: Default::default(),
+        capacity: Arc::new(crate::capacity::Gate::new(store.space().clone())),
         ready: AtomicBool::new(true),
         activity: activity.clone(),
     });
+    // The ballast and ingest's room before the first request (the store released the ballast to open).
+    let ballast_bytes = config.storage.ballast_bytes.0;
+    let s = store.clone();
+    match tokio::task::spawn_blocking(move || crate::capacity::check_space(&s, ballast_bytes)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "cannot measure the data dir's filesystem"),
+        Err(e) => tracing::error!(error = %e, "disk space check task failed"),
+    }
     let listener = TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("binding server.listen {}", config.server.listen))?;
@@ -134,6 +142,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         state.capacity.clone(),
         stop_http.clone(),
     ));
+    // Stopped with the dispatchers: their bookkeeping writes until the end.
+    let space_watch =
+        tokio::spawn(crate::capacity::watch_space(store.clone(), ballast_bytes, stop_dispatch.clone()));
     let state_flusher = tokio::spawn(flush_state(store.clone(), stop_dispatch.clone()));
     let retention = tokio::spawn(purge_old_data(state.clone(), stop_dispatch.clone()));
     let metrics_upkeep = tokio::spawn(metrics_upkeep(metrics.clone(), stop_dispatch.clone()));
@@ -180,7 +191,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let _ = retention.await;
     let _ = metrics_upkeep.await;
     let _ = key_use.await;
-    store.sync()?;
+    let _ = space_watch.await;
+    match store.sync() {
+        Ok(()) => {}
+        // Every acknowledged event is in the log segments (synced before its 202), and the index is
+        // rebuilt from them at the next start: a full disk loses delivery progress (redone, at least
+        // once), never an event. Exit 0, so a service manager does not see a crash.
+        Err(e) if e.is_full() || store.space().engine_failed() => {
+            tracing::error!(
+                error = %e,
+                "cannot persist the last delivery state: the disk is full; deliveries since the last \
+                 successful flush will be redone after the restart"
+            );
+        }
+        Err(e) => return Err(e.into()),
+    }
     tracing::info!("hookd stopped");
     Ok(())
 }
@@ -306,6 +331,10 @@ const STATE_FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// would be).
 async fn flush_state(store: Store, stop: CancellationToken) {
     crate::periodic::every(Duration::ZERO, STATE_FLUSH_EVERY, &stop, || async {
+        // A failed database refuses every write until the restart, and said so once: no error per period.
+        if store.space().engine_failed() {
+            return;
+        }
         let s = store.clone();
         match tokio::task::spawn_blocking(move || s.sync_if_dirty()).await {
             Ok(Ok(_)) => {}

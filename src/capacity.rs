@@ -7,21 +7,33 @@
 //!   `f_bavail`), so that a disk shared with other files is not filled to the last byte.
 //!
 //! [`watch`] measures both once every [`CHECK_EVERY`] on a blocking thread and leaves the verdict in the
-//! [`Gate`]; an ingest request reads two atomics. While either limit is crossed, ingest answers 503 with
+//! [`Gate`]; an ingest request reads a few atomics. While either limit is crossed, ingest answers 503 with
 //! `Retry-After` and `/readyz` answers 503 naming the reason; deliveries, retries and the admin API go on,
 //! so the queue drains while producers wait. The check can lag by one period, so the database can
 //! overshoot `max_log_bytes` by about a period of ingest.
+//!
+//! Beneath both limits, whatever they are set to, the filesystem itself: [`watch_space`] measures it
+//! every [`SPACE_EVERY`] and keeps the store's [`Space`] (ingest's room, the ballast file, the
+//! full-disk flag) so that sled never meets a full disk. While the disk is full, ingest *and* admin
+//! writes answer 503 (`disk_full`); deliveries go on, writing into the margin and the ballast.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::store::Store;
+use crate::store::space::{self, Space};
 
 /// How often the sizes are measured.
 pub const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How often the filesystem's free space is measured: one `statvfs`, cheap enough to ask often, so
+/// that another process filling the disk is seen (and the ballast released) within this.
+pub const SPACE_EVERY: Duration = Duration::from_millis(50);
+/// What a producer refused for a full disk is told to wait, in seconds: space may come back any moment.
+pub const FULL_RETRY_AFTER_SECS: u64 = 5;
 /// What a refused producer is told to wait, in seconds.
 pub const RETRY_AFTER_SECS: u64 = 30;
 
@@ -41,22 +53,49 @@ pub struct Reading {
     pub free_bytes: Option<u64>,
 }
 
-/// Why ingest is refused. Both can hold at once.
+/// Why ingest is refused. Several can hold at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Verdict {
     /// The database is at or over `storage.max_log_bytes`.
     pub log_full: bool,
     /// The filesystem has less than `storage.min_free_bytes` free.
     pub disk_low: bool,
+    /// The filesystem is full, or down to the margin hookd keeps (see [`crate::store::space`]):
+    /// admin writes are refused too.
+    pub disk_full: bool,
+    /// The database failed a write: every write is refused until hookd restarts.
+    pub engine_failed: bool,
 }
 
 impl Verdict {
     pub fn refused(self) -> bool {
-        self.log_full || self.disk_low
+        self.log_full || self.disk_low || self.disk_full || self.engine_failed
+    }
+
+    /// Whether admin writes are refused too: only for a full disk or a failed database, not for the
+    /// limits (which leave room on purpose).
+    pub fn writes_refused(self) -> bool {
+        self.disk_full || self.engine_failed
+    }
+
+    /// What a refused client is told to wait, in seconds.
+    pub fn retry_after(self) -> u64 {
+        if self.writes_refused() { FULL_RETRY_AFTER_SECS } else { RETRY_AFTER_SECS }
     }
 
     /// Why ingest is refused, naming the setting; `None` when it is not.
     pub fn reason(self) -> Option<&'static str> {
+        if self.engine_failed {
+            return Some(
+                "the database failed a write (disk full?) and refuses writes until hookd restarts: \
+                 free disk space, then restart hookd",
+            );
+        }
+        if self.disk_full {
+            return Some(
+                "the disk is full: writes are paused until space is freed on the data dir's filesystem",
+            );
+        }
         match (self.log_full, self.disk_low) {
             (true, true) => Some(
                 "the database is over storage.max_log_bytes and the disk has less than \
@@ -74,25 +113,46 @@ pub fn assess(limits: Limits, reading: Reading) -> Verdict {
     Verdict {
         log_full: reading.log_bytes >= limits.max_log_bytes,
         disk_low: limits.min_free_bytes > 0 && reading.free_bytes.is_some_and(|f| f < limits.min_free_bytes),
+        ..Verdict::default()
     }
 }
 
 /// The last verdict, shared by [`watch`] (the writer) and the API (readers). Starts open: the first
 /// check runs at once when the daemon starts.
-#[derive(Debug, Default)]
 pub struct Gate {
     log_full: AtomicBool,
     disk_low: AtomicBool,
     log_bytes: AtomicU64,
     free_bytes: AtomicU64,
+    /// The store's view of the filesystem, whose flags the committer sets the moment a write fails.
+    space: Arc<Space>,
+}
+
+impl Default for Gate {
+    /// A gate over a space of its own (tests of the API that have no disk to watch).
+    fn default() -> Gate {
+        Gate::new(Arc::new(Space::new(Path::new("."))))
+    }
 }
 
 impl Gate {
-    /// The current verdict: two relaxed-enough loads, cheap on the hot path.
+    pub fn new(space: Arc<Space>) -> Gate {
+        Gate {
+            log_full: AtomicBool::new(false),
+            disk_low: AtomicBool::new(false),
+            log_bytes: AtomicU64::new(0),
+            free_bytes: AtomicU64::new(0),
+            space,
+        }
+    }
+
+    /// The current verdict: four loads, cheap on the hot path.
     pub fn verdict(&self) -> Verdict {
         Verdict {
             log_full: self.log_full.load(Ordering::Acquire),
             disk_low: self.disk_low.load(Ordering::Acquire),
+            disk_full: self.space.is_full(),
+            engine_failed: self.space.engine_failed(),
         }
     }
 
@@ -108,6 +168,7 @@ impl Gate {
         Verdict {
             log_full: self.log_full.swap(verdict.log_full, Ordering::AcqRel),
             disk_low: self.disk_low.swap(verdict.disk_low, Ordering::AcqRel),
+            ..Verdict::default()
         }
     }
 }
@@ -132,7 +193,7 @@ fn measure(store: &Store) -> Result<Reading, crate::store::StoreError> {
 }
 
 /// Every [`CHECK_EVERY`] until `stop`: measure, decide, publish in `gate`, log the changes.
-pub async fn watch(store: Store, limits: Limits, gate: std::sync::Arc<Gate>, stop: CancellationToken) {
+pub async fn watch(store: Store, limits: Limits, gate: Arc<Gate>, stop: CancellationToken) {
     crate::periodic::every(Duration::ZERO, CHECK_EVERY, &stop, || check(&store, limits, &gate)).await;
 }
 
@@ -154,6 +215,71 @@ async fn check(store: &Store, limits: Limits, gate: &Gate) {
     let verdict = assess(limits, reading);
     let before = gate.set(reading, verdict);
     log_changes(limits, reading, before, verdict);
+}
+
+/// Every [`SPACE_EVERY`] until `stop`: measure the filesystem and keep the store's [`Space`] (see
+/// [`check_space`]). `ballast_bytes` is `storage.ballast_bytes`.
+pub async fn watch_space(store: Store, ballast_bytes: u64, stop: CancellationToken) {
+    // A failure repeats every period: logged when it starts, not 20 times a second.
+    let failing = Arc::new(AtomicBool::new(false));
+    crate::periodic::every(Duration::ZERO, SPACE_EVERY, &stop, || {
+        let (s, failing) = (store.clone(), failing.clone());
+        async move {
+            let failed = match tokio::task::spawn_blocking(move || check_space(&s, ballast_bytes)).await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(e) => Some(e.to_string()),
+            };
+            match failed {
+                Some(e) if !failing.swap(true, Ordering::Relaxed) => {
+                    tracing::error!(error = %e, "cannot measure the data dir's filesystem: full-disk protection is blind")
+                }
+                None if failing.swap(false, Ordering::Relaxed) => {
+                    tracing::info!("the data dir's filesystem is measured again")
+                }
+                _ => {}
+            }
+        }
+    })
+    .await;
+}
+
+/// One measurement of the data dir's filesystem, applied to the store's [`Space`]: release the
+/// ballast when the margin is mostly gone, recreate it when there is room again, and set ingest's
+/// room and the full-disk flag (see [`space::plan`]). Logs what changed. Blocking: a `statvfs`, and
+/// an allocation of the ballast when it is recreated.
+pub fn check_space(store: &Store, ballast_bytes: u64) -> std::io::Result<()> {
+    let space = store.space();
+    let (free, total) = space::filesystem(store.data_dir())?;
+    let ballast = space::ballast_size(ballast_bytes, total);
+    let (was_full, held) = (space.is_full(), space.ballast_held() || ballast == 0);
+    let plan = space::plan(held, was_full, free, ballast);
+    if let Err(e) = space.apply(plan, ballast) {
+        // No ballast: stay closed, try again at the next measurement.
+        tracing::warn!(error = %e, ballast, free, "cannot allocate the disk ballast; writes stay paused");
+        space.apply(space::Plan { create: false, full: true, room: 0, ..plan }, ballast)?;
+        return Ok(());
+    }
+    space.reserve_engine_tail(ballast / 2);
+    if plan.release {
+        tracing::warn!(
+            free,
+            ballast,
+            "free disk space is nearly gone: released the ballast for deliveries' bookkeeping"
+        );
+    }
+    match (was_full, plan.full) {
+        (false, true) => {
+            tracing::warn!(free, margin = ballast, "the disk is full: ingest and admin writes answer 503");
+            crate::metrics::disk_full(true);
+        }
+        (true, false) => {
+            tracing::info!(free, ballast, "the disk has room again: ingest and admin writes resume");
+            crate::metrics::disk_full(false);
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 fn log_changes(limits: Limits, reading: Reading, before: Verdict, now: Verdict) {
@@ -193,9 +319,9 @@ mod tests {
     #[test]
     fn ingest_is_refused_at_the_cap_and_below_the_free_space_floor() {
         assert_eq!(at(999, Some(100)), Verdict::default());
-        assert_eq!(at(1000, Some(100)), Verdict { log_full: true, disk_low: false });
-        assert_eq!(at(10, Some(99)), Verdict { log_full: false, disk_low: true });
-        assert_eq!(at(2000, Some(0)), Verdict { log_full: true, disk_low: true });
+        assert_eq!(at(1000, Some(100)), Verdict { log_full: true, ..Verdict::default() });
+        assert_eq!(at(10, Some(99)), Verdict { disk_low: true, ..Verdict::default() });
+        assert_eq!(at(2000, Some(0)), Verdict { log_full: true, disk_low: true, ..Verdict::default() });
         assert!(at(2000, Some(0)).reason().is_some_and(|r| r.contains("max_log_bytes")));
         assert_eq!(
             at(10, Some(10)).reason(),
@@ -207,7 +333,7 @@ mod tests {
     #[test]
     fn an_unknown_free_space_or_a_zero_floor_checks_the_cap_alone() {
         assert_eq!(at(10, None), Verdict::default());
-        assert_eq!(at(1000, None), Verdict { log_full: true, disk_low: false });
+        assert_eq!(at(1000, None), Verdict { log_full: true, ..Verdict::default() });
         let no_floor = Limits { min_free_bytes: 0, ..LIMITS };
         assert_eq!(assess(no_floor, Reading { log_bytes: 1, free_bytes: Some(0) }), Verdict::default());
     }
@@ -216,11 +342,35 @@ mod tests {
     fn the_gate_reports_the_previous_verdict_and_keeps_the_reading() {
         let gate = Gate::default();
         assert!(!gate.verdict().refused(), "open until measured");
-        let full = Verdict { log_full: true, disk_low: false };
+        let full = Verdict { log_full: true, ..Verdict::default() };
         let before = gate.set(Reading { log_bytes: 5, free_bytes: None }, full);
         assert_eq!((before, gate.verdict(), gate.reading()), (Verdict::default(), full, (5, u64::MAX)));
         assert_eq!(gate.set(Reading { log_bytes: 1, free_bytes: Some(7) }, Verdict::default()), full);
         assert_eq!(gate.reading(), (1, 7));
+    }
+
+    #[test]
+    fn a_full_disk_refuses_admin_writes_too_and_a_failed_database_says_to_restart() {
+        let caps = Verdict { log_full: true, ..Verdict::default() };
+        assert!(!caps.writes_refused(), "the caps leave room on purpose: admin writes go on");
+        assert_eq!(caps.retry_after(), RETRY_AFTER_SECS);
+        let full = Verdict { disk_full: true, ..caps };
+        assert!(full.refused() && full.writes_refused());
+        assert_eq!(full.retry_after(), FULL_RETRY_AFTER_SECS);
+        assert!(full.reason().is_some_and(|r| r.contains("the disk is full")), "{:?}", full.reason());
+        let failed = Verdict { engine_failed: true, ..full };
+        assert!(failed.reason().is_some_and(|r| r.contains("restart")), "{:?}", failed.reason());
+    }
+
+    #[test]
+    fn the_gate_reads_the_stores_full_disk_flag_as_soon_as_a_write_sets_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let space = Arc::new(Space::new(dir.path()));
+        let gate = Gate::new(space.clone());
+        assert!(!gate.verdict().refused());
+        space.met_full();
+        assert!(gate.verdict().disk_full && gate.verdict().writes_refused());
+        assert!(space.deliveries_paused(), "until the watcher has measured what the ballast gave back");
     }
 
     #[test]

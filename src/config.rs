@@ -129,6 +129,10 @@ pub struct StorageConfig {
     pub retention: HumanDuration,
     /// Page cache of the database: memory traded for fewer disk reads on history queries and log catch-up.
     pub cache_bytes: ByteSize,
+    /// The disk ballast: a file of this many allocated bytes in the data dir, released when the disk
+    /// fills so that deliveries' bookkeeping still has room; also the free space ingest leaves for it.
+    /// At most 1/16 of the filesystem. `0`: neither (not recommended). See `store::space`.
+    pub ballast_bytes: ByteSize,
 }
 
 impl Default for StorageConfig {
@@ -140,6 +144,7 @@ impl Default for StorageConfig {
             min_free_bytes: ByteSize::gib(1),
             retention: HumanDuration::from_secs(30 * DAY),
             cache_bytes: ByteSize::mib(64),
+            ballast_bytes: ByteSize::mib(256),
         }
     }
 }

@@ -36,6 +36,8 @@ pub const TENANT_EVENTS_INGESTED: &str = "hookd_tenant_events_ingested_total";
 pub const REQUEST_EVENTS: &str = "hookd_delivery_request_events";
 pub const ACTIVITY_STREAMS: &str = "hookd_activity_streams";
 pub const ACTIVITY_STREAMS_DROPPED: &str = "hookd_activity_streams_dropped_total";
+pub const DISK_FULL: &str = "hookd_disk_full";
+pub const STORAGE_ENGINE_FAILED: &str = "hookd_storage_engine_failed";
 
 /// Tenants with a label of their own on [`TENANT_EVENTS_INGESTED`]: the first ones to ingest since the
 /// daemon started. Later ones are counted under `other`, so a platform with 100,000 tenants adds 101
@@ -115,6 +117,11 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
         "Events carried by each delivery request (1 unless the endpoint batches)."
     );
     describe_gauge!(ACTIVITY_STREAMS, "Open activity streams (GET /v1/tenants/{tenant}/activity).");
+    describe_gauge!(DISK_FULL, "1 while ingest and admin writes are refused for a full disk (see /readyz).");
+    describe_gauge!(
+        STORAGE_ENGINE_FAILED,
+        "1 once the database failed a write: it refuses writes until hookd restarts."
+    );
     describe_counter!(
         ACTIVITY_STREAMS_DROPPED,
         "Activity streams ended because their reader fell behind (lagged past the buffer)."
@@ -304,6 +311,16 @@ pub fn endpoint_attempt(endpoint: String, succeeded: bool, elapsed: Duration) {
     let outcome = if succeeded { "succeeded" } else { "failed" };
     counter!(ENDPOINT_ATTEMPTS, "endpoint" => endpoint.clone(), "outcome" => outcome).increment(1);
     histogram!(ENDPOINT_ATTEMPT_SECONDS, "endpoint" => endpoint).record(elapsed.as_secs_f64());
+}
+
+/// The full-disk gate opened or closed.
+pub fn disk_full(full: bool) {
+    gauge!(DISK_FULL).set(if full { 1.0 } else { 0.0 });
+}
+
+/// sled failed a write (sticky until a restart).
+pub fn storage_engine_failed() {
+    gauge!(STORAGE_ENGINE_FAILED).set(1.0);
 }
 
 #[cfg(test)]

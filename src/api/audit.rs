@@ -46,6 +46,18 @@ pub async fn record(State(state): State<AppState>, req: Request, next: Next) -> 
     if !is_write(req.method()) {
         return next.run(req).await;
     }
+    // A full disk refuses every write up front (see `store::space`): one that began would have to be
+    // undone, and its audit record could not be written either. The body is read first: refusing
+    // with it unread would leave the connection unusable under a client still sending.
+    let verdict = state.capacity.verdict();
+    if verdict.writes_refused() {
+        let reason = verdict.reason().unwrap_or("the disk is full");
+        if let Err(refused) = super::extract::read_body(req, state.config.limits.max_event_bytes.0).await {
+            return refused.into_response();
+        }
+        return Problem::unavailable(format!("{reason}: nothing was changed"), verdict.retry_after())
+            .into_response();
+    }
     let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
     let principal = req.extensions().get::<Principal>().cloned();
     let (Some(route), Some(principal)) = (route, principal) else { return next.run(req).await };

@@ -22,12 +22,16 @@ use crate::model::DeliveryState;
 use crate::store::{Accepted, CommitError, EventFilter};
 use crate::time::{display_ms, format_ms};
 
-/// Refuses ingest while disk space is short (see [`crate::capacity`]): a load of two atomics.
+/// Refuses ingest while disk space is short (see [`crate::capacity`]): a load of a few atomics.
+/// Called once the body is read: a refusal that leaves the body unread makes the connection unusable,
+/// and closing it under a client still sending resets it, so the client may never see the 503 (the
+/// full-disk fault test saw `IncompleteMessage` and broken pipes).
 fn check_capacity(state: &AppState) -> Result<(), Problem> {
-    match state.capacity.verdict().reason() {
+    let verdict = state.capacity.verdict();
+    match verdict.reason() {
         Some(reason) => Err(Problem::unavailable(
             format!("{reason}: ingest is paused, retry later"),
-            crate::capacity::RETRY_AFTER_SECS,
+            verdict.retry_after(),
         )),
         None => Ok(()),
     }
@@ -36,7 +40,7 @@ fn check_capacity(state: &AppState) -> Result<(), Problem> {
 fn commit_problem(e: CommitError) -> Problem {
     match e {
         CommitError::Stopped => Problem::unavailable("hookd is shutting down", 5),
-        CommitError::Store(e) => Problem::internal(&e),
+        CommitError::Store(e) => e.into(),
     }
 }
 
@@ -116,9 +120,9 @@ pub async fn ingest_one(
     Tenant(tenant): Tenant,
     req: Request,
 ) -> Result<Response, Problem> {
-    check_capacity(&state)?;
     let key = idempotency_header(req.headers())?;
     let body = read_body(req, state.config.limits.max_event_bytes.0).await?;
+    check_capacity(&state)?;
     let ev = ingest::parse_single(&body, key.as_deref())?;
     let prepared = ingest::prepare_one(&state.registry.snapshot(), tenant.serial, ev)?;
     let bytes = prepared.payload.len();
@@ -151,7 +155,6 @@ pub async fn ingest_batch(
     Tenant(tenant): Tenant,
     req: Request,
 ) -> Result<Response, Problem> {
-    check_capacity(&state)?;
     // One key cannot name many events; ignoring it would let a producer believe its retries are safe.
     if req.headers().contains_key(IDEMPOTENCY_KEY) {
         return Err(Problem::invalid_field(
@@ -160,6 +163,7 @@ pub async fn ingest_batch(
         ));
     }
     let body = read_body(req, state.config.limits.max_batch_bytes.0).await?;
+    check_capacity(&state)?;
     let batch = ingest::parse_batch(&body, state.config.limits.max_batch_events as usize)?;
     let prepared = ingest::prepare_batch(&state.registry.snapshot(), tenant.serial, batch)?;
     let sizes: Vec<usize> = prepared.iter().map(|p| p.payload.len()).collect();

@@ -119,6 +119,14 @@ impl Problem {
         }
     }
 
+    /// 503 for a write refused because the disk is full: nothing was stored; retry later.
+    pub fn disk_full() -> Problem {
+        Problem::unavailable(
+            "the disk is full: nothing was stored; retry later",
+            crate::capacity::FULL_RETRY_AFTER_SECS,
+        )
+    }
+
     /// 500 for a storage or internal failure; the cause is logged, not shown.
     pub fn internal(error: &dyn std::error::Error) -> Problem {
         tracing::error!(error = %error, "internal error");
@@ -142,6 +150,11 @@ impl From<crate::store::HistoryError> for Problem {
 
 impl From<crate::store::StoreError> for Problem {
     fn from(e: crate::store::StoreError) -> Problem {
+        // A full disk is back-pressure: nothing of the write was kept (the store undoes what it began).
+        if e.is_full() {
+            tracing::warn!(error = %e, "a write was refused: the disk is full");
+            return Problem::disk_full();
+        }
         Problem::internal(&e)
     }
 }

@@ -189,11 +189,18 @@ impl Dispatcher {
                 break;
             }
             self.take_commands(&entry, stopping);
-            if active {
+            // A disk full past its ballast: no attempt starts (each writes bookkeeping sled must not
+            // meet a full disk with) until the space watcher finds room (see `store::space`).
+            let paused = self.shared.store.space().deliveries_paused();
+            if active && !paused {
                 self.fill(&entry);
             }
             self.publish_waiting();
-            let wake_at = if active { self.next_wake(&entry) } else { None };
+            let wake_at = match (active, paused) {
+                (true, false) => self.next_wake(&entry),
+                (true, true) => Some(Instant::now() + crate::store::space::PAUSED_RECHECK),
+                (false, _) => None,
+            };
             tokio::select! {
                 Some(joined) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
                     // Every attempt that has finished by now joins the outcomes to record; they are

@@ -135,7 +135,7 @@ impl Committer {
 
 /// StoreError is not Clone (it holds io/sled errors); a group's failure is shared by all its requests.
 fn shared_error(e: &Arc<StoreError>) -> StoreError {
-    StoreError::Io(std::io::Error::other(e.to_string()))
+    super::refuse::shared(e)
 }
 
 fn run(
@@ -296,6 +296,8 @@ fn commit_group(
     let mut slots: Vec<Vec<Slot>> = Vec::with_capacity(group.len());
     let mut replies = Vec::with_capacity(group.len());
     let mut failed: Option<StoreError> = None;
+    // About what the group adds to the disk, for ingest's room (see `space`): no syscall.
+    let group_bytes: u64 = group.iter().map(|r| r.bytes as u64).sum();
 
     for req in group {
         replies.push(req.reply);
@@ -351,7 +353,7 @@ fn commit_group(
 
     let result = match failed {
         Some(e) => Err(e),
-        None => write_group(store, ids, tenants, now),
+        None => write_group(store, ids, tenants, now, group_bytes),
     };
     let (committed, first_ids) = match result {
         Ok(written) => written,
@@ -398,12 +400,16 @@ const MAX_RECORD_BYTES: usize = 64 * 1024;
 /// `fsync` mode), then puts their idempotency keys, their pointers and the indexed position in the
 /// index, in that order ([`Ordered`]: not a sled batch, which costs a write of sled's log each). Returns
 /// the records and, per tenant (in the order given), the id of its first event.
+/// A group refused leaves nothing behind, not even for a replay after a restart ([`super::refuse`]).
 fn write_group(
     store: &Store,
     ids: &IdGen,
     tenants: Vec<(u64, Vec<EventRecord>)>,
     now: u64,
+    bytes: u64,
 ) -> Result<(Vec<CommittedRecord>, Vec<u64>), StoreError> {
+    let space = &store.inner.space;
+    super::refuse::admit(space, bytes)?;
     let mut keys_of_group = Ordered::default();
     let mut committed = Vec::with_capacity(tenants.len());
     let mut first_ids = Vec::with_capacity(tenants.len());
@@ -447,17 +453,24 @@ fn write_group(
         .iter()
         .map(|c| Append { tenant: c.tenant, first_id: c.first_id, items: &c.record.events })
         .collect();
-    let (pointers, written_up_to) = store.inner.segments.append(&appends)?;
+    let (pointers, written_up_to) = store.inner.segments.append(&appends).inspect_err(|e| space.noted(e))?;
     for (c, p) in committed.iter().zip(&pointers) {
         keys_of_group.insert(keys::two(keys::LOG, c.tenant, c.first_id), p.encode());
     }
     // Last: the position says that the keys before it are written (sled recovers a prefix).
     keys_of_group.insert(super::log::indexed_key(), super::log::encode_position(written_up_to));
     // Not flushed: the frames are the durable copy, and a crash replays them into the index.
-    keys_of_group.apply(&store.inner.log)?;
+    super::refuse::index_or_roll_back(
+        &store.inner.segments,
+        space,
+        keys_of_group,
+        &store.inner.log,
+        pointers.first(),
+    )?;
     store.inner.segments.add_refs(pointers.iter().map(|p| p.segment));
     Ok((committed, first_ids))
 }
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;

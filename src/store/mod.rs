@@ -63,9 +63,11 @@ mod keys;
 mod log;
 mod ordered;
 pub mod records;
+mod refuse;
 mod retention;
 pub mod seal;
 pub mod segment;
+pub mod space;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -89,7 +91,11 @@ pub enum StoreError {
     #[error("storage engine error")]
     Sled(#[from] sled::Error),
     #[error("storage I/O error")]
-    Io(#[from] std::io::Error),
+    Io(#[source] std::io::Error),
+    /// The filesystem refused a write for want of space (ENOSPC, EDQUOT), or ingest's share of the
+    /// free space ([`space`]) ran out: nothing of the write was kept. Back-pressure, not damage.
+    #[error("the disk is full")]
+    Full(#[source] std::io::Error),
     #[error("undecodable record under key {key:?}")]
     Decode {
         key: Vec<u8>,
@@ -104,6 +110,24 @@ pub enum StoreError {
     CommitterGone,
     #[error(transparent)]
     Seal(#[from] seal::SealError),
+}
+
+impl From<std::io::Error> for StoreError {
+    fn from(e: std::io::Error) -> StoreError {
+        if space::is_full(&e) { StoreError::Full(e) } else { StoreError::Io(e) }
+    }
+}
+
+impl StoreError {
+    /// Whether the write failed for want of disk space: ours, or sled's (whose I/O errors keep
+    /// their kind).
+    pub fn is_full(&self) -> bool {
+        match self {
+            StoreError::Full(_) => true,
+            StoreError::Sled(sled::Error::Io(e)) => space::is_full(e),
+            _ => false,
+        }
+    }
 }
 
 /// A page of a list, newest first: `(id, record)` pairs and the cursor of the next page.
@@ -140,12 +164,17 @@ struct Inner {
     /// durable within one flusher period without a sync per attempt.
     state_dirty: std::sync::atomic::AtomicBool,
     master_key: Option<seal::MasterKey>,
+    /// Ingest's room on the disk, the full-disk flag, sled's health and the ballast ([`space`]).
+    space: Arc<space::Space>,
 }
 
 impl Store {
     /// Opens (creating if needed) the database in `settings.data_dir`.
     pub fn open(settings: &StoreSettings) -> Result<Store, StoreError> {
         std::fs::create_dir_all(&settings.data_dir)?;
+        // The ballast goes first: on a full disk it is the room sled and recovery need to open.
+        let space = Arc::new(space::Space::new(&settings.data_dir));
+        space.release_ballast_at_start();
         let db = sled::Config::new()
             .path(&settings.data_dir)
             .cache_capacity(settings.cache_bytes)
@@ -156,9 +185,14 @@ impl Store {
         let config = db.open_tree("config")?;
         let log = db.open_tree("log")?;
         let state = db.open_tree("state")?;
+        if let Err(e) = space.watch_engine_file(&settings.data_dir) {
+            tracing::warn!(error = %e, "cannot open the database file to keep room after its end");
+        }
         let durability = durability::Syncer::new(&settings.data_dir, settings.durability)?;
         let segments = segment::SegmentLog::open(&settings.data_dir, settings.durability)?;
         let history = segment::SegmentLog::open(&settings.data_dir, settings.durability)?;
+        segments.count_in(space.clone());
+        history.count_in(space.clone());
         let store = Store {
             inner: Arc::new(Inner {
                 db,
@@ -171,6 +205,7 @@ impl Store {
                 data_dir: settings.data_dir.clone(),
                 state_dirty: Default::default(),
                 master_key: settings.master_key.clone(),
+                space,
             }),
         };
         store.recover_log()?;
@@ -186,9 +221,14 @@ impl Store {
     /// a real `fdatasync` of its data file and any new blob files. The log's segments need nothing
     /// here: every append is already as durable as the mode asks.
     pub fn sync(&self) -> Result<(), StoreError> {
-        self.inner.history.sync()?;
-        self.inner.db.flush()?;
-        self.inner.durability.sync()
+        self.inner.history.sync().inspect_err(|e| self.inner.space.noted(e))?;
+        self.inner.db.flush().map_err(|e| self.inner.space.noted_engine(e.into()))?;
+        self.inner.durability.sync().inspect_err(|e| self.inner.space.noted(e))
+    }
+
+    /// Disk space as the writers see it: shared with the capacity watcher and the API.
+    pub fn space(&self) -> &Arc<space::Space> {
+        &self.inner.space
     }
 
     /// Syncs when delivery state was written since the last call. Returns whether it synced.

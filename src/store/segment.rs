@@ -48,7 +48,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::marker::PhantomData;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -57,6 +57,8 @@ use serde::de::DeserializeOwned;
 use super::StoreError;
 use crate::config::Durability;
 use crate::model::{AttemptRecord, EventRecord};
+
+mod cut;
 
 /// What one kind of segment log holds, and where.
 pub trait Kind {
@@ -204,6 +206,8 @@ pub struct SegmentLog<K: Kind> {
     readers: RwLock<HashMap<u64, Arc<File>>>,
     /// Index entries pointing into each segment.
     refs: Mutex<BTreeMap<u64, u64>>,
+    /// Where appends report the bytes they add to the disk (see `space`); set once by the store.
+    space: OnceLock<Arc<super::space::Space>>,
     kind: PhantomData<K>,
 }
 
@@ -257,6 +261,7 @@ impl<K: Kind> SegmentLog<K> {
             writer: Mutex::new(writer),
             readers: RwLock::new(HashMap::new()),
             refs: Mutex::new(BTreeMap::new()),
+            space: OnceLock::new(),
             kind: PhantomData,
         })
     }
@@ -311,18 +316,23 @@ impl<K: Kind> SegmentLog<K> {
             })
             .and_then(|()| if syncs { w.file.sync_data() } else { Ok(()) });
         if let Err(e) = written {
-            // Nothing of this group is acknowledged: cut what reached the file so the next group starts
-            // where the pointers say. If even that fails, the next group goes to a new segment (and a
-            // replay after a crash may store this group after all: at least once, never lost).
-            match w.file.set_len(w.len) {
-                Ok(()) => w.reserved = w.len,
-                Err(_) => w.broken = true,
-            }
+            // Nothing of this group is acknowledged: cut what reached the file (a full disk leaves a
+            // partial frame) so the next group starts where the pointers say.
+            let at = w.len;
+            self.cut(&mut w, at);
             return Err(e.into());
+        }
+        if let Some(space) = self.space.get() {
+            space.consume(reserve_to.max(w.reserved) - w.reserved.max(w.len));
         }
         w.len = end;
         w.reserved = w.reserved.max(reserve_to);
         Ok((pointers, (w.segment, w.len)))
+    }
+
+    /// Reports what every append adds to the disk to `space`, from now on.
+    pub fn count_in(&self, space: Arc<super::space::Space>) {
+        let _ = self.space.set(space);
     }
 
     /// Makes every append so far durable (`fsync` mode; appends of a kind that syncs each one need
