@@ -57,15 +57,19 @@ mod api_keys;
 mod audit;
 mod catalog;
 mod commit;
+pub mod damage;
 mod durability;
+mod frame;
 mod history;
 mod keys;
 mod log;
 mod ordered;
 pub mod records;
+mod repair;
 mod retention;
 pub mod seal;
 pub mod segment;
+mod verify;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -79,6 +83,7 @@ pub use history::{
 };
 pub use log::EventFilter;
 pub use records::IdempotencyRecord;
+pub use repair::Repaired;
 pub use retention::{Live, Purged};
 
 use crate::config::Durability;
@@ -104,6 +109,12 @@ pub enum StoreError {
     CommitterGone,
     #[error(transparent)]
     Seal(#[from] seal::SealError),
+    /// One record failed its check when read back (run time): skip it, never stall on it.
+    #[error("{0}")]
+    Damaged(Box<damage::DamagedRecord>),
+    /// The start-up check found damage that would lose or hide acknowledged events.
+    #[error("{0}")]
+    DamagedStore(Box<damage::DamageReport>),
 }
 
 /// A page of a list, newest first: `(id, record)` pairs and the cursor of the next page.
@@ -143,8 +154,20 @@ struct Inner {
 }
 
 impl Store {
-    /// Opens (creating if needed) the database in `settings.data_dir`.
+    /// Opens (creating if needed) the database in `settings.data_dir`, after checking the log (see
+    /// [`verify`]): damage that would lose or hide acknowledged events is [`StoreError::DamagedStore`].
     pub fn open(settings: &StoreSettings) -> Result<Store, StoreError> {
+        Store::open_checked(settings, false).map(|(store, _)| store)
+    }
+
+    /// Opens the database like [`Store::open`], repairing what the check finds (see [`repair`]).
+    pub fn open_repairing(settings: &StoreSettings) -> Result<(Store, Repaired), StoreError> {
+        let (store, repaired) = Store::open_checked(settings, true)?;
+        let repaired = repaired.ok_or_else(|| StoreError::Io(std::io::ErrorKind::Other.into()))?;
+        Ok((store, repaired))
+    }
+
+    fn open_checked(settings: &StoreSettings, repair: bool) -> Result<(Store, Option<Repaired>), StoreError> {
         std::fs::create_dir_all(&settings.data_dir)?;
         let db = sled::Config::new()
             .path(&settings.data_dir)
@@ -173,12 +196,27 @@ impl Store {
                 master_key: settings.master_key.clone(),
             }),
         };
+        // Before the replay: it cuts a torn tail, and must not take damage for one.
+        let (report, checked) = store.check_log()?;
+        tracing::info!(
+            segments = checked.segments,
+            bytes = checked.bytes,
+            frames = checked.frames,
+            index_entries = checked.index_entries,
+            ms = checked.elapsed.as_millis() as u64,
+            "log checked"
+        );
+        let repaired = match (report.is_empty(), repair) {
+            (_, true) => Some(store.repair(report)?),
+            (true, false) => None,
+            (false, false) => return Err(StoreError::DamagedStore(Box::new(report))),
+        };
         store.recover_log()?;
         store.count_history_refs()?;
         store.seal_plaintext_secrets()?;
         store.index_history()?;
         store.sync()?;
-        Ok(store)
+        Ok((store, repaired))
     }
 
     /// Makes everything written to sled so far durable as configured: the history segment first (sled

@@ -10,6 +10,7 @@
 //!
 //! Tests that need root (mounting a small filesystem) say so and are skipped elsewhere; CI runs as root.
 
+mod damage;
 #[path = "../it/harness.rs"]
 mod harness;
 #[path = "../it/receiver.rs"]

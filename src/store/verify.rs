@@ -1,0 +1,204 @@
+//! The start-up check of the event log: every segment's frames against their CRCs, the index's
+//! agreement with the segments, and the database's knowledge of the tenants the segments hold.
+//!
+//! Why at start: a flipped byte or a cut file shows only when the record is read, which may be days
+//! later, by a dispatcher that can then only skip it. Checked at start, the operator hears which files
+//! and events are damaged before hookd takes traffic, and decides (`hookd repair`, or a backup).
+//!
+//! What it reads: every byte of every log segment once (frames are CRC'd, so the check is one pass at
+//! disk speed; measured in docs/DECISIONS.md), and every `L` index entry once (a lookup in the frames
+//! found). Bodies are not decoded. The attempt history (`history/`) is not checked here: it holds no
+//! acknowledged events, and its damaged records are skipped where they are read.
+//!
+//! Invariants: nothing is written; the newest segment's tail that does not read as whole frames is a
+//! torn write (never acknowledged) unless an index entry points into it; a region of other segments that
+//! does not read is damage whether or not anything points into it (frames not indexed yet may be there).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use super::damage::{DamageReport, LostRecord, Region, UnknownTenant};
+use super::frame::{self, BODY_VERSION, FILLER_TENANT, FRAME_HEADER};
+use super::log::{Entry, indexed_key};
+use super::segment::{self, Kind};
+use super::{Store, StoreError, keys};
+
+/// A checked frame's header, as the index should name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Head {
+    pub segment: u64,
+    pub offset: u64,
+    pub len: u32,
+    pub tenant: u64,
+    pub first_id: u64,
+    pub events: u32,
+}
+
+/// What one segment file holds: its whole frames and the regions that are not.
+pub(super) struct Scanned {
+    pub heads: Vec<Head>,
+    pub regions: Vec<Region>,
+    pub len: u64,
+}
+
+/// The frame starting at `at`, when it is whole and checks.
+fn head_at(bytes: &[u8], segment: u64, at: usize) -> Option<Head> {
+    let rest = bytes.get(at..)?;
+    let len = frame::frame_len(rest)?;
+    let ((tenant, first_id), body) = frame::check_frame(rest.get(..len)?)?;
+    let events = u32::from_le_bytes(body.get(1..5)?.try_into().ok()?);
+    Some(Head { segment, offset: at as u64, len: u32::try_from(len).ok()?, tenant, first_id, events })
+}
+
+/// The next offset after `from` where a whole frame starts. A cheap test of the length and version
+/// before the CRC keeps this linear in practice: a random offset rarely passes both.
+fn resync(bytes: &[u8], segment: u64, from: usize) -> Option<usize> {
+    (from..bytes.len().saturating_sub(FRAME_HEADER)).find(|&at| {
+        let plausible = bytes
+            .get(at..)
+            .and_then(frame::frame_len)
+            .is_some_and(|n| n > FRAME_HEADER + 4 && at + n <= bytes.len())
+            && bytes.get(at + FRAME_HEADER) == Some(&BODY_VERSION);
+        plausible && head_at(bytes, segment, at).is_some()
+    })
+}
+
+/// Reads one segment file and splits it into whole frames and damaged regions. Zeros after the last
+/// frame are the reserve of the segment being written, not damage.
+pub(super) fn scan_file(path: &Path, segment: u64, magic: &[u8; 8]) -> Result<Scanned, StoreError> {
+    let bytes = std::fs::read(path)?;
+    let mut heads = Vec::new();
+    let mut regions = Vec::new();
+    let region = |start: usize, end: usize, tail: bool| Region {
+        file: path.to_path_buf(),
+        segment,
+        start: start as u64,
+        end: end as u64,
+        tail,
+    };
+    let mut at = magic.len();
+    if bytes.get(..magic.len()) != Some(magic.as_slice()) {
+        // A damaged magic hides nothing by itself; the frames after it are still read.
+        regions.push(region(0, magic.len().min(bytes.len()), bytes.len() <= magic.len()));
+    }
+    while at < bytes.len() {
+        if let Some(h) = head_at(&bytes, segment, at) {
+            at += h.len as usize;
+            heads.push(h);
+            continue;
+        }
+        let rest = bytes.get(at..).unwrap_or_default();
+        let Some(data_end) = rest.iter().rposition(|b| *b != 0).map(|i| at + i + 1) else { break };
+        match resync(&bytes, segment, at + 1) {
+            Some(next) => {
+                regions.push(region(at, next, false));
+                at = next;
+            }
+            None => {
+                regions.push(region(at, data_end, true));
+                break;
+            }
+        }
+    }
+    Ok(Scanned { heads, regions, len: bytes.len() as u64 })
+}
+
+/// Figures of one check, for the log line and the decision record.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CheckStats {
+    pub segments: u64,
+    pub bytes: u64,
+    pub frames: u64,
+    pub index_entries: u64,
+    pub elapsed: std::time::Duration,
+}
+
+impl Store {
+    /// Checks the log's segments and index (see the module docs). Consumes one id of sled's id
+    /// generator: its value tells whether the database is older than tenants the segments hold.
+    pub(super) fn check_log(&self) -> Result<(DamageReport, CheckStats), StoreError> {
+        let started = std::time::Instant::now();
+        let dir = self.inner.data_dir.join(segment::Events::DIR);
+        let mut report = DamageReport { data_dir: self.inner.data_dir.clone(), ..DamageReport::default() };
+        let mut stats = CheckStats::default();
+        let mut heads: HashMap<(u64, u64), Head> = HashMap::new();
+        let mut lens: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut torn: Option<Region> = None;
+        let segments = segment::list(&dir)?;
+        let newest = segments.last().copied();
+        for &n in &segments {
+            let scanned = scan_file(&dir.join(segment::file_name(n)), n, segment::MAGIC)?;
+            stats.segments += 1;
+            stats.bytes += scanned.len;
+            lens.insert(n, scanned.len);
+            for r in scanned.regions {
+                // The newest segment may end in a torn write that was never acknowledged.
+                if Some(n) == newest && r.tail { torn = Some(r) } else { report.regions.push(r) }
+            }
+            for h in scanned.heads {
+                stats.frames += 1;
+                heads.insert((h.segment, h.offset), h);
+            }
+        }
+        let tenants: HashMap<u64, String> = self.tenants()?.into_iter().map(|t| (t.serial, t.id)).collect();
+        for item in self.inner.log.scan_prefix([keys::LOG]) {
+            let (k, v) = item?;
+            let Entry::At(p) = Entry::of(&v) else { continue };
+            stats.index_entries += 1;
+            let (tenant, first_id) = (keys::u64_at(&k, 1), keys::trailing_u64(&k));
+            let want =
+                Head { segment: p.segment, offset: p.offset, len: p.len, tenant, first_id, events: p.events };
+            if heads.get(&(p.segment, p.offset)) == Some(&want) {
+                continue;
+            }
+            let end = p.offset + u64::from(p.len);
+            let in_region = |r: &Region| r.segment == p.segment && r.start < end && p.offset < r.end;
+            let reason = match lens.get(&p.segment) {
+                None => "its segment file is missing",
+                Some(len) if end > *len => "the file ends before it",
+                Some(_) if report.regions.iter().chain(torn.as_ref()).any(in_region) => {
+                    "its bytes are damaged"
+                }
+                Some(_) => "another frame is where it should be",
+            };
+            if let Some(t) = torn.take_if(|t| in_region(t) || (t.segment == p.segment && end > t.start)) {
+                report.regions.push(t);
+            }
+            report.lost.push(LostRecord {
+                tenant,
+                tenant_id: tenants.get(&tenant).cloned(),
+                first_id,
+                events: p.events,
+                segment: p.segment,
+                offset: p.offset,
+                reason,
+            });
+        }
+        // Tenant serials only grow (sled's id generator, which never goes back, not even after a
+        // crash): a serial past it, or any unknown serial in a database that never indexed a frame,
+        // means sled came back without data it had.
+        let counter = self.inner.db.generate_id()?;
+        let never_indexed = self.inner.log.get(indexed_key())?.is_none();
+        let mut unknown: BTreeMap<u64, UnknownTenant> = BTreeMap::new();
+        for h in heads.values().filter(|h| h.tenant != FILLER_TENANT && !tenants.contains_key(&h.tenant)) {
+            if h.tenant > counter || never_indexed {
+                let last = h.first_id + u64::from(h.events.max(1)) - 1;
+                let t = unknown.entry(h.tenant).or_insert(UnknownTenant {
+                    serial: h.tenant,
+                    records: 0,
+                    events: 0,
+                    first_id: h.first_id,
+                    last_id: last,
+                });
+                t.records += 1;
+                t.events += u64::from(h.events);
+                t.first_id = t.first_id.min(h.first_id);
+                t.last_id = t.last_id.max(last);
+            }
+        }
+        report.unknown_tenants = unknown.into_values().collect();
+        report.lost.sort_by_key(|l| (l.tenant, l.first_id));
+        stats.elapsed = started.elapsed();
+        Ok((report, stats))
+    }
+}
