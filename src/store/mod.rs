@@ -169,6 +169,10 @@ impl Store {
 
     fn open_checked(settings: &StoreSettings, repair: bool) -> Result<(Store, Option<Repaired>), StoreError> {
         std::fs::create_dir_all(&settings.data_dir)?;
+        let quarantine = repair.then(|| repair::quarantine_dir(&settings.data_dir));
+        if let Some(q) = &quarantine {
+            repair::keep_sled_files(&settings.data_dir, q)?;
+        }
         let db = sled::Config::new()
             .path(&settings.data_dir)
             .cache_capacity(settings.cache_bytes)
@@ -206,10 +210,10 @@ impl Store {
             ms = checked.elapsed.as_millis() as u64,
             "log checked"
         );
-        let repaired = match (report.is_empty(), repair) {
-            (_, true) => Some(store.repair(report)?),
-            (true, false) => None,
-            (false, false) => return Err(StoreError::DamagedStore(Box::new(report))),
+        let repaired = match (report.is_empty(), quarantine) {
+            (_, Some(q)) => Some(store.repair(report, q)?),
+            (true, None) => None,
+            (false, None) => return Err(StoreError::DamagedStore(Box::new(report))),
         };
         store.recover_log()?;
         store.count_history_refs()?;

@@ -13,7 +13,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::damage::DamageReport;
 use super::frame;
@@ -39,9 +39,12 @@ impl std::fmt::Display for Repaired {
         writeln!(f, "repaired:")?;
         writeln!(
             f,
-            "- the damaged bytes were copied to {} and replaced (fillers; a damaged tail cut off)",
+            "- kept in {}: sled's files as the repair found them, and each damaged region",
             q.display()
         )?;
+        if !self.report.regions.is_empty() {
+            writeln!(f, "- the damaged regions were replaced by filler frames (a damaged tail was cut off)")?;
+        }
         if !self.report.lost.is_empty() {
             writeln!(
                 f,
@@ -65,14 +68,36 @@ impl std::fmt::Display for Repaired {
     }
 }
 
+/// Where a repair keeps what it takes out: `quarantine/<unix ms>/` in the data dir.
+pub(super) fn quarantine_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("quarantine").join(crate::time::now_ms().to_string())
+}
+
+/// Copies sled's files (the data dir's top-level files: `db`, `conf`, snapshots) into
+/// `quarantine/sled/` before sled opens them for a repair: sled's own recovery rewrites what it could
+/// not read, and what it dropped may be all there is of the configuration.
+pub(super) fn keep_sled_files(data_dir: &Path, quarantine: &Path) -> Result<(), StoreError> {
+    let to = quarantine.join("sled");
+    std::fs::create_dir_all(&to)?;
+    for entry in std::fs::read_dir(data_dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+            File::open(to.join(entry.file_name()))?.sync_all()?;
+        }
+    }
+    Ok(())
+}
+
 impl Store {
-    /// Repairs what `report` found (see the module docs). Runs before the index is replayed at open.
-    pub(super) fn repair(&self, report: DamageReport) -> Result<Repaired, StoreError> {
+    /// Repairs what `report` found (see the module docs), keeping what it takes out in `quarantine`
+    /// (which holds sled's files already). Runs before the index is replayed at open.
+    pub(super) fn repair(&self, report: DamageReport, quarantine: PathBuf) -> Result<Repaired, StoreError> {
         if report.is_empty() {
+            // Nothing damaged: the copy of sled's files is not needed.
+            std::fs::remove_dir_all(&quarantine)?;
             return Ok(Repaired { report, quarantine: None, recovered_tenants: Vec::new() });
         }
-        let quarantine = self.inner.data_dir.join("quarantine").join(crate::time::now_ms().to_string());
-        std::fs::create_dir_all(&quarantine)?;
         for r in &report.regions {
             let file = OpenOptions::new().read(true).write(true).open(&r.file)?;
             let mut bytes = vec![0u8; usize::try_from(r.end - r.start).unwrap_or(0)];
