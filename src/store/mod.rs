@@ -179,7 +179,14 @@ impl Store {
             // Group commit flushes explicitly; the background flusher only bounds what `os` mode can lose.
             .flush_every_ms(Some(500))
             .mode(sled::Mode::HighThroughput)
-            .open()?;
+            .open()
+            .inspect_err(|_| {
+                // Locked by a running daemon, most likely: the repair did not happen, so neither
+                // does its copy of sled's files.
+                if let Some(q) = &quarantine {
+                    let _ = std::fs::remove_dir_all(q);
+                }
+            })?;
         let config = db.open_tree("config")?;
         let log = db.open_tree("log")?;
         let state = db.open_tree("state")?;

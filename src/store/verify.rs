@@ -285,11 +285,18 @@ mod tests {
 
     #[test]
     fn a_flipped_byte_refuses_the_open_naming_the_record_and_repair_keeps_the_others() {
+        // In the length field (the frames after it are found again), in the body.
+        for at in [1, 40] {
+            flipped_at(at);
+        }
+    }
+
+    fn flipped_at(at: u64) {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let (path, pointers, t) = three_records(dir.path());
         let middle = pointers[1];
         let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap_or_else(|e| panic!("{e}"));
-        file.write_all_at(b"#", middle.offset + 40).unwrap_or_else(|e| panic!("{e}"));
+        file.write_all_at(b"#", middle.offset + at).unwrap_or_else(|e| panic!("{e}"));
         drop(file);
 
         let report = refused(dir.path());
