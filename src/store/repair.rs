@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use super::damage::DamageReport;
 use super::frame;
 use super::log::indexed_key;
+use super::records::{self, IdempotencyRecord};
 use super::{Store, StoreError, keys};
 use crate::model::TenantRecord;
 
@@ -118,6 +119,7 @@ impl Store {
         for l in &report.lost {
             batch.remove(&keys::two(keys::LOG, l.tenant, l.first_id));
         }
+        self.forget_idempotency_of_lost(&report, &mut batch)?;
         let mut recovered_tenants = Vec::new();
         if !report.unknown_tenants.is_empty() {
             // Replay every segment into the index: `M indexed` gone means "from the start".
@@ -145,5 +147,34 @@ impl Store {
         std::fs::write(quarantine.join("REPORT.txt"), repaired.to_string())?;
         tracing::warn!(quarantine = %quarantine.display(), "repaired damaged files:\n{repaired}");
         Ok(repaired)
+    }
+}
+
+impl Store {
+    /// Removes the idempotency keys of lost events: a producer that sends a lost event again with the
+    /// same key must get it stored anew, not the id of an event that no longer exists.
+    fn forget_idempotency_of_lost(
+        &self,
+        report: &DamageReport,
+        batch: &mut sled::Batch,
+    ) -> Result<(), StoreError> {
+        let mut tenants: Vec<u64> = report.lost.iter().map(|l| l.tenant).collect();
+        tenants.dedup();
+        for tenant in tenants {
+            let lost: Vec<(u64, u64)> = report
+                .lost
+                .iter()
+                .filter(|l| l.tenant == tenant)
+                .map(|l| (l.first_id, l.first_id + u64::from(l.events)))
+                .collect();
+            for item in self.inner.log.scan_prefix(keys::tenant_prefix(keys::IDEMPOTENCY, tenant)) {
+                let (k, v) = item?;
+                let rec: IdempotencyRecord = records::decode(&k, &v)?;
+                if lost.iter().any(|(lo, end)| (*lo..*end).contains(&rec.event_id)) {
+                    batch.remove(k);
+                }
+            }
+        }
+        Ok(())
     }
 }

@@ -257,6 +257,13 @@ mod tests {
         for first in [100, 200, 300] {
             store.append_for_test(serial, first, &record(10, 50));
         }
+        // Idempotency keys of an event of the first record and of the second, as ingest writes them.
+        for (key, event_id) in [("kept", 105), ("of-205", 205)] {
+            let rec = crate::store::IdempotencyRecord { event_id, received_at: 1_234 };
+            let value = crate::store::records::encode(&rec).unwrap_or_default();
+            let k = keys::tenant_named(keys::IDEMPOTENCY, serial, key);
+            store.inner.log.insert(k, value).unwrap_or_else(|e| panic!("{e}"));
+        }
         store.sync().unwrap_or_else(|e| panic!("{e}"));
         let pointers = store
             .inner
@@ -316,6 +323,8 @@ mod tests {
         assert!(store.event(t, 105).is_ok_and(|e| e.is_some()));
         assert!(store.event(t, 205).is_ok_and(|e| e.is_none()), "the damaged record is gone from the index");
         assert!(store.event(t, 309).is_ok_and(|e| e.is_some()), "what follows the damage is read");
+        let key = |k: &str| store.idempotency(t, k).ok().flatten().map(|r| r.event_id);
+        assert_eq!((key("kept"), key("of-205")), (Some(105), None), "a lost event's key can be used again");
         drop(store);
         let store = Store::reopen_for_test(&settings(dir.path()));
         let (page, _) =
