@@ -145,6 +145,15 @@ pub fn inspect(config: &Config) -> anyhow::Result<String> {
     let _ = writeln!(out, "event types   {}", store.event_types()?.len());
     let _ = writeln!(out, "API keys      {} ({} usable)", keys.len(), live_keys.count());
     let _ = writeln!(out, "newest id     {}", store.max_id_in_use()?);
+    // Opening the store checked the log already (a damaged one is refused with its report); the
+    // figures say what was checked.
+    let (damage, checked) = store.check()?;
+    let verdict = if damage.is_empty() { "ok" } else { "DAMAGED (see `hookd repair`)" };
+    let _ = writeln!(
+        out,
+        "log check     {verdict}: {} segment(s), {} bytes, {} frames, {} index entries",
+        checked.segments, checked.bytes, checked.frames, checked.index_entries
+    );
     for t in &tenants {
         let n = endpoints.iter().filter(|e| e.tenant_serial == t.serial).count();
         let _ = writeln!(out, "  tenant {:<24} {n} endpoint(s)", t.id);

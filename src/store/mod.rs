@@ -85,6 +85,7 @@ pub use log::EventFilter;
 pub use records::IdempotencyRecord;
 pub use repair::Repaired;
 pub use retention::{Live, Purged};
+pub use verify::CheckStats;
 
 use crate::config::Durability;
 

@@ -114,6 +114,11 @@ pub struct CheckStats {
 }
 
 impl Store {
+    /// Checks the log again, as [`Store::open`] did (for `hookd inspect`).
+    pub fn check(&self) -> Result<(DamageReport, CheckStats), StoreError> {
+        self.check_log()
+    }
+
     /// Checks the log's segments and index (see the module docs). Consumes one id of sled's id
     /// generator: its value tells whether the database is older than tenants the segments hold.
     pub(super) fn check_log(&self) -> Result<(DamageReport, CheckStats), StoreError> {

@@ -79,14 +79,20 @@ fn flip_byte(path: &Path, at: u64) {
     file.sync_all().unwrap_or_else(|e| panic!("{e}"));
 }
 
-/// Runs `hookd repair` on the daemon's config; returns its exit code and stdout.
+/// Runs `hookd repair` on the daemon's config; returns its exit code and output.
 fn repair(daemon: &Daemon) -> (Option<i32>, String) {
+    offline(daemon, "repair")
+}
+
+/// Runs an offline command (`repair`, `inspect`) on the daemon's config; returns its exit code and
+/// output.
+fn offline(daemon: &Daemon, command: &str) -> (Option<i32>, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookd"))
-        .arg("repair")
+        .arg(command)
         .arg("--config")
         .arg(daemon.config_path())
         .output()
-        .unwrap_or_else(|e| panic!("run hookd repair: {e}"));
+        .unwrap_or_else(|e| panic!("run hookd {command}: {e}"));
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.code(), text)
 }
@@ -186,8 +192,14 @@ async fn refuse_repair_and_deliver(what: &str, damage: impl FnOnce(&Path)) {
     assert!(stderr.contains("segments/0000000000000001.log"), "{what}: the refusal names the file\n{stderr}");
     assert!(stderr.contains("evt_") && stderr.contains("tenant acme"), "{what}: and the events\n{stderr}");
 
+    let (code, inspected) = offline(&daemon, "inspect");
+    assert_eq!(code, Some(65), "{what}: inspect reports the damage too\n{inspected}");
+    assert!(inspected.contains("segments/0000000000000001.log"), "{what}: naming the file\n{inspected}");
+
     let (code, repaired) = repair(&daemon);
     assert_eq!(code, Some(0), "{what}: hookd repair\n{repaired}");
+    let (code, inspected) = offline(&daemon, "inspect");
+    assert!(code == Some(0) && inspected.contains("log check     ok"), "{what}: repaired\n{inspected}");
     let reported_lost = reported_count(&repaired, " acknowledged event(s)");
     assert!(daemon.data_dir().join("quarantine").is_dir(), "{what}: the damaged bytes are kept\n{repaired}");
 
