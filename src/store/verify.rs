@@ -10,9 +10,11 @@
 //! found). Bodies are not decoded. The attempt history (`history/`) is not checked here: it holds no
 //! acknowledged events, and its damaged records are skipped where they are read.
 //!
-//! Invariants: nothing is written; the newest segment's tail that does not read as whole frames is a
-//! torn write (never acknowledged) unless an index entry points into it; a region of other segments that
-//! does not read is damage whether or not anything points into it (frames not indexed yet may be there).
+//! Invariants: nothing is written; a segment's tail that does not read as whole frames is a torn write
+//! (never acknowledged: a crash mid-append in the newest segment, a failed write that could not be cut
+//! off in an older one) unless an index entry points into or past it; a region between whole frames
+//! that does not read is damage whether or not anything points into it (frames not indexed yet may be
+//! there).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -128,7 +130,7 @@ impl Store {
         let mut stats = CheckStats::default();
         let mut heads: HashMap<(u64, u64), Head> = HashMap::new();
         let mut lens: BTreeMap<u64, u64> = BTreeMap::new();
-        let mut torn: Option<Region> = None;
+        let mut torn: BTreeMap<u64, Region> = BTreeMap::new();
         let segments = segment::list(&dir)?;
         let newest = segments.last().copied();
         for &n in &segments {
@@ -137,8 +139,12 @@ impl Store {
             stats.bytes += scanned.len;
             lens.insert(n, scanned.len);
             for r in scanned.regions {
-                // The newest segment may end in a torn write that was never acknowledged.
-                if Some(n) == newest && r.tail { torn = Some(r) } else { report.regions.push(r) }
+                // A segment may end in a torn write that was never acknowledged.
+                if r.tail {
+                    torn.insert(n, r);
+                } else {
+                    report.regions.push(r);
+                }
             }
             for h in scanned.heads {
                 stats.frames += 1;
@@ -161,13 +167,13 @@ impl Store {
             let reason = match lens.get(&p.segment) {
                 None => "its segment file is missing",
                 Some(len) if end > *len => "the file ends before it",
-                Some(_) if report.regions.iter().chain(torn.as_ref()).any(in_region) => {
+                Some(_) if report.regions.iter().chain(torn.values()).any(in_region) => {
                     "its bytes are damaged"
                 }
                 Some(_) => "another frame is where it should be",
             };
-            if let Some(t) = torn.take_if(|t| in_region(t) || (t.segment == p.segment && end > t.start)) {
-                report.regions.push(t);
+            if torn.get(&p.segment).is_some_and(|t| in_region(t) || end > t.start) {
+                report.regions.extend(torn.remove(&p.segment));
             }
             report.lost.push(LostRecord {
                 tenant,
@@ -178,6 +184,15 @@ impl Store {
                 offset: p.offset,
                 reason,
             });
+        }
+        for t in torn.values().filter(|t| Some(t.segment) != newest) {
+            tracing::warn!(
+                file = %t.file.display(),
+                from = t.start,
+                to = t.end,
+                "a closed log segment ends in bytes that are no whole frame and that nothing points to: \
+                 a write that failed and was never acknowledged; left as it is"
+            );
         }
         // Tenant serials only grow (sled's id generator, which never goes back, not even after a
         // crash): a serial past it, or any unknown serial in a database that never indexed a frame,
@@ -363,6 +378,17 @@ mod tests {
         drop(file);
         let store = Store::reopen_for_test(&settings(dir.path()));
         assert!(store.event(t, 205).is_ok_and(|e| e.is_some()));
+        // Nor in a closed segment: a failed write that could not be cut off (the next group went to
+        // a new segment).
+        store.inner.segments.rotate_now().unwrap_or_else(|e| panic!("{e}"));
+        store.append_for_test(t, 400, &record(1, 10));
+        drop(store);
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap_or_else(|e| panic!("{e}"));
+        let len = file.metadata().map(|m| m.len()).unwrap_or_default();
+        file.write_all_at(&[7u8; 40], len).unwrap_or_else(|e| panic!("{e}"));
+        drop(file);
+        let store = Store::reopen_for_test(&settings(dir.path()));
+        assert!(store.event(t, 400).is_ok_and(|e| e.is_some()));
     }
 
     /// The cost of the check (docs/DECISIONS.md): `cargo test --release --lib check_cost -- --ignored
