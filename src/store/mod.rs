@@ -46,6 +46,11 @@
 //!   is garbage. The history segment is synced before sled is flushed ([`Store::sync`]), so what sled
 //!   has durably points to durable frames.
 //! - Event ids inside a log record are consecutive, so an event is found with one reverse range seek.
+//! - At open the log is checked ([`verify`]: every frame's CRC, every index entry against its frame,
+//!   the tenants the segments hold) before the replay, which cuts torn tails, touches anything; damage
+//!   that would lose or hide acknowledged events refuses the open ([`StoreError::DamagedStore`])
+//!   unless repairing ([`repair`], `hookd repair`: `quarantine/` keeps what it takes out). A record
+//!   that fails its check later is [`StoreError::Damaged`], which readers skip rather than stall on.
 //!
 //! # Record format
 //! Every value that is a record is `[format version: u8] ++ rmp-serde (compact, array) encoding`.
