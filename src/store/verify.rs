@@ -391,6 +391,29 @@ mod tests {
         assert!(store.event(t, 400).is_ok_and(|e| e.is_some()));
     }
 
+    #[test]
+    fn a_frame_is_checked_against_the_tenant_and_id_it_is_read_for_not_only_its_crc() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (_, pointers, t) = three_records(dir.path());
+        let store = Store::reopen_for_test(&settings(dir.path()));
+        // The entry of the record at 200 points at the (whole, checking) frame of the one at 300.
+        let key = keys::two(keys::LOG, t, 200);
+        store.inner.log.insert(key, &pointers[2].encode()).unwrap_or_else(|e| panic!("{e}"));
+        match store.event(t, 205) {
+            Err(StoreError::Damaged(d)) => {
+                assert_eq!((d.tenant, d.first_id, d.reason), (t, 200, "it is another record's frame"));
+            }
+            other => panic!("read another record's event: {other:?}"),
+        }
+        let (page, _) =
+            store.list_events(t, &crate::store::EventFilter::default(), None, 100).unwrap_or_default();
+        assert_eq!(page.len(), 20, "the list leaves it out and goes on");
+        drop(store);
+        let report = refused(dir.path());
+        let lost: Vec<_> = report.lost.iter().map(|l| (l.first_id, l.reason)).collect();
+        assert_eq!(lost, [(200, "another frame is where it should be")]);
+    }
+
     /// The cost of the check (docs/DECISIONS.md): `cargo test --release --lib check_cost -- --ignored
     /// --nocapture`. Prints figures; asserts nothing about time.
     #[test]
