@@ -16,7 +16,8 @@
 //! that does not read is damage whether or not anything points into it (frames not indexed yet may be
 //! there).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::path::Path;
 
 use super::damage::{DamageReport, LostRecord, Region, UnknownTenant};
@@ -34,6 +35,16 @@ pub(super) struct Head {
     pub tenant: u64,
     pub first_id: u64,
     pub events: u32,
+}
+
+impl Head {
+    /// A 64-bit digest of every field: an index entry agrees with a frame when their digests do.
+    fn fingerprint(&self) -> u64 {
+        // SipHash with fixed keys: the same digest for the same head, within the one check.
+        let mut h = std::hash::DefaultHasher::new();
+        (self.segment, self.offset, self.len, self.tenant, self.first_id, self.events).hash(&mut h);
+        h.finish()
+    }
 }
 
 /// What one segment file holds: its whole frames and the regions that are not.
@@ -128,9 +139,18 @@ impl Store {
         let dir = self.inner.data_dir.join(segment::Events::DIR);
         let mut report = DamageReport { data_dir: self.inner.data_dir.clone(), ..DamageReport::default() };
         let mut stats = CheckStats::default();
-        let mut heads: HashMap<(u64, u64), Head> = HashMap::new();
+        // A fingerprint per whole frame, not the frame's header: 8 bytes (plus the set's overhead)
+        // per frame keeps a log of millions of small frames checkable (see docs/DECISIONS.md).
+        let mut frames: HashSet<u64> = HashSet::new();
         let mut lens: BTreeMap<u64, u64> = BTreeMap::new();
         let mut torn: BTreeMap<u64, Region> = BTreeMap::new();
+        let tenants: HashMap<u64, String> = self.tenants()?.into_iter().map(|t| (t.serial, t.id)).collect();
+        // Tenant serials only grow (sled's id generator, which never goes back, not even after a
+        // crash): a serial past it, or any unknown serial in a database that never indexed a frame,
+        // means sled came back without data it had.
+        let counter = self.inner.db.generate_id()?;
+        let never_indexed = self.inner.log.get(indexed_key())?.is_none();
+        let mut unknown: BTreeMap<u64, UnknownTenant> = BTreeMap::new();
         let segments = segment::list(&dir)?;
         let newest = segments.last().copied();
         for &n in &segments {
@@ -148,10 +168,24 @@ impl Store {
             }
             for h in scanned.heads {
                 stats.frames += 1;
-                heads.insert((h.segment, h.offset), h);
+                frames.insert(h.fingerprint());
+                let lost_tenant = h.tenant != FILLER_TENANT && !tenants.contains_key(&h.tenant);
+                if lost_tenant && (h.tenant > counter || never_indexed) {
+                    let last = h.first_id + u64::from(h.events.max(1)) - 1;
+                    let t = unknown.entry(h.tenant).or_insert(UnknownTenant {
+                        serial: h.tenant,
+                        records: 0,
+                        events: 0,
+                        first_id: h.first_id,
+                        last_id: last,
+                    });
+                    t.records += 1;
+                    t.events += u64::from(h.events);
+                    t.first_id = t.first_id.min(h.first_id);
+                    t.last_id = t.last_id.max(last);
+                }
             }
         }
-        let tenants: HashMap<u64, String> = self.tenants()?.into_iter().map(|t| (t.serial, t.id)).collect();
         for item in self.inner.log.scan_prefix([keys::LOG]) {
             let (k, v) = item?;
             let Entry::At(p) = Entry::of(&v) else { continue };
@@ -159,7 +193,7 @@ impl Store {
             let (tenant, first_id) = (keys::u64_at(&k, 1), keys::trailing_u64(&k));
             let want =
                 Head { segment: p.segment, offset: p.offset, len: p.len, tenant, first_id, events: p.events };
-            if heads.get(&(p.segment, p.offset)) == Some(&want) {
+            if frames.contains(&want.fingerprint()) {
                 continue;
             }
             let end = p.offset + u64::from(p.len);
@@ -193,28 +227,6 @@ impl Store {
                 "a closed log segment ends in bytes that are no whole frame and that nothing points to: \
                  a write that failed and was never acknowledged; left as it is"
             );
-        }
-        // Tenant serials only grow (sled's id generator, which never goes back, not even after a
-        // crash): a serial past it, or any unknown serial in a database that never indexed a frame,
-        // means sled came back without data it had.
-        let counter = self.inner.db.generate_id()?;
-        let never_indexed = self.inner.log.get(indexed_key())?.is_none();
-        let mut unknown: BTreeMap<u64, UnknownTenant> = BTreeMap::new();
-        for h in heads.values().filter(|h| h.tenant != FILLER_TENANT && !tenants.contains_key(&h.tenant)) {
-            if h.tenant > counter || never_indexed {
-                let last = h.first_id + u64::from(h.events.max(1)) - 1;
-                let t = unknown.entry(h.tenant).or_insert(UnknownTenant {
-                    serial: h.tenant,
-                    records: 0,
-                    events: 0,
-                    first_id: h.first_id,
-                    last_id: last,
-                });
-                t.records += 1;
-                t.events += u64::from(h.events);
-                t.first_id = t.first_id.min(h.first_id);
-                t.last_id = t.last_id.max(last);
-            }
         }
         report.unknown_tenants = unknown.into_values().collect();
         report.lost.sort_by_key(|l| (l.tenant, l.first_id));
