@@ -50,6 +50,21 @@ impl fmt::Display for DamagedRecord {
     }
 }
 
+/// A read inside a list that goes on past a damaged record: `Ok(None)` for one (logged, naming it and
+/// the list), any other outcome as it is.
+pub(super) fn or_skip<T>(
+    read: Result<Option<T>, super::StoreError>,
+    list: &'static str,
+) -> Result<Option<T>, super::StoreError> {
+    match read {
+        Err(super::StoreError::Damaged(d)) => {
+            tracing::error!(damage = %d, list, "a damaged record is left out of a list");
+            Ok(None)
+        }
+        read => read,
+    }
+}
+
 /// Bytes of a segment file that do not read as frames.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Region {

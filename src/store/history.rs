@@ -27,6 +27,7 @@
 
 use std::cmp::Reverse;
 
+use super::damage::or_skip;
 use super::log::Entry;
 use super::ordered::Ordered;
 use super::records;
@@ -501,16 +502,9 @@ impl Store {
     pub(super) fn run(&self, key: &[u8], value: &[u8]) -> Result<Vec<(u64, AttemptRecord)>, StoreError> {
         let first = keys::trailing_u64(key);
         let records = match Entry::of(value) {
-            Entry::At(p) => match self.inner.history.read(&p, (keys::u64_at(key, 1), first)) {
-                Ok(records) => records.unwrap_or_default(),
-                // A list of attempts goes on past a damaged run: its attempts are missing from it,
-                // and the log says which (one attempt read by id answers that it is damaged).
-                Err(StoreError::Damaged(d)) => {
-                    tracing::error!(damage = %d, "attempt history: a damaged record is left out");
-                    Vec::new()
-                }
-                Err(e) => return Err(e),
-            },
+            // A damaged run is left out of lists (one attempt read by id answers that it is damaged).
+            Entry::At(p) => or_skip(self.inner.history.read(&p, (keys::u64_at(key, 1), first)), "attempts")?
+                .unwrap_or_default(),
             Entry::Inline(bytes) => vec![records::decode(key, bytes)?],
         };
         Ok((first..).zip(records).collect())

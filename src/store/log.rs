@@ -1,5 +1,6 @@
 //! Reading the event log: one event by id, a tenant's events newest first, and catch-up scans.
 
+use super::damage::or_skip;
 use super::records::{self, IdempotencyRecord};
 use super::segment::Pointer;
 use super::{Store, StoreError, keys};
@@ -127,17 +128,8 @@ impl Store {
         for item in self.inner.log.range(lo..hi).rev() {
             let (k, v) = item?;
             let first = keys::trailing_u64(&k);
-            let record = match self.load(&k, &v) {
-                Ok(Some(record)) => record,
-                Ok(None) => continue,
-                // A list goes on past a damaged record: its events are missing from the page (and
-                // one read by id answers that it is damaged), the rest of the log is still listed.
-                Err(StoreError::Damaged(d)) => {
-                    tracing::error!(damage = %d, "event list: a damaged record is left out");
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
+            // A damaged record is left out (one of its events read by id answers that it is damaged).
+            let Some(record) = or_skip(self.load(&k, &v), "events")? else { continue };
             for (i, ev) in record.events.into_iter().enumerate().rev() {
                 let id = first + i as u64;
                 if before.is_some_and(|b| id >= b) {
