@@ -97,6 +97,11 @@ fn offline(daemon: &Daemon, command: &str) -> (Option<i32>, String) {
     (out.status.code(), text)
 }
 
+/// Whether a repair left anything in the data dir's quarantine.
+fn has_quarantine(daemon: &Daemon) -> bool {
+    std::fs::read_dir(daemon.data_dir().join("quarantine")).is_ok_and(|mut d| d.next().is_some())
+}
+
 /// The count before `marker` in a line of the repair's report (`- 100 acknowledged event(s) …`).
 fn reported_count(report: &str, marker: &str) -> u64 {
     report
@@ -201,7 +206,7 @@ async fn refuse_repair_and_deliver(what: &str, damage: impl FnOnce(&Path)) {
     let (code, inspected) = offline(&daemon, "inspect");
     assert!(code == Some(0) && inspected.contains("log check     ok"), "{what}: repaired\n{inspected}");
     let reported_lost = reported_count(&repaired, " acknowledged event(s)");
-    assert!(daemon.data_dir().join("quarantine").is_dir(), "{what}: the damaged bytes are kept\n{repaired}");
+    assert!(has_quarantine(&daemon), "{what}: the damaged bytes are kept\n{repaired}");
 
     daemon.try_restart().await.unwrap_or_else(|f| panic!("{what}: no start after the repair: {f}"));
     let expected = acknowledged.len() - reported_lost as usize;
@@ -275,6 +280,10 @@ async fn damaged_at_run_time(what: &str, max_lost: usize, damage: impl FnOnce(&P
     daemon.create_endpoint(TENANT, spec).await;
     let (path, end) = newest_segment(&daemon.data_dir());
     damage(&path, end);
+    // A repair beside the running daemon refuses, and leaves nothing behind.
+    let (code, out) = repair(&daemon);
+    assert_eq!(code, Some(1), "{what}: hookd repair beside a running daemon\n{out}");
+    assert!(!has_quarantine(&daemon), "{what}: a refused repair copies nothing\n{out}");
 
     let (status, body) =
         daemon.patch(&format!("/v1/tenants/{TENANT}/endpoints/{endpoint}"), json!({ "enabled": true })).await;
