@@ -25,7 +25,8 @@
 //! - [`registry`]: the in-memory snapshot of tenants, endpoints and event types that routing and
 //!   dispatch read without locks; rebuilt and swapped on every config change.
 //! - [`route`]: subscription matching (event types, channels).
-//! - [`store`]: sled trees, key layout, versioned records, group commit, queue and history.
+//! - [`store`]: sled trees, key layout, versioned records, group commit, queue and history; the log's
+//!   start-up check and `hookd repair` (`store::verify`, `store::repair`).
 //! - [`deliver`]: per-endpoint dispatch, signing, HTTP client, retry policy.
 //! - [`activity`]: the live activity hub (ingests and attempt outcomes, per tenant) behind the SSE stream.
 //! - [`ids`], [`model`], [`time`]: identifiers, domain types and timestamps shared by all of the above.

@@ -12,6 +12,10 @@ use hookd::telemetry::{self, LogFormat};
 /// sysexits' EX_CONFIG-adjacent EX_USAGE: the configuration is wrong, retrying will not help.
 const EXIT_CONFIG: u8 = 64;
 
+/// sysexits' EX_DATAERR: the data dir holds damage that would lose or hide acknowledged events; hookd
+/// refuses to start on it until `hookd repair` has run (docs/operators.md, "Damaged files").
+const EXIT_DAMAGED: u8 = 65;
+
 /// mimalloc instead of glibc's malloc: per-thread free lists without locks or consolidation passes.
 /// Measured in docs/DECISIONS.md ("The allocator is mimalloc").
 #[global_allocator]
@@ -64,6 +68,13 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Repair a damaged data dir (the daemon must be stopped): quarantine the damaged bytes of the log's
+    /// segments under <data_dir>/quarantine/, drop the index entries that cannot be read back, rebuild
+    /// the index from the segments, and print what was lost. Exits 0 when nothing was damaged.
+    Repair {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Print the version.
     Version,
 }
@@ -84,8 +95,27 @@ fn offline(
         }
         Err(e) => {
             eprintln!("hookd: {e:#}");
-            ExitCode::FAILURE
+            failure_code(&e)
         }
+    }
+}
+
+/// The exit code of a failed command: [`EXIT_DAMAGED`] when the data dir is damaged, else 1.
+fn failure_code(e: &anyhow::Error) -> ExitCode {
+    let damaged = e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<hookd::store::StoreError>(),
+            Some(hookd::store::StoreError::DamagedStore(_))
+        )
+    });
+    if damaged {
+        eprintln!(
+            "hookd: refusing to start on a damaged data dir. `hookd repair` quarantines the damaged bytes, rebuilds \
+             the index from the segments and reports what was lost (docs/operators.md, \"Damaged files\")."
+        );
+        ExitCode::from(EXIT_DAMAGED)
+    } else {
+        ExitCode::FAILURE
     }
 }
 
@@ -109,6 +139,7 @@ fn main() -> ExitCode {
             hookd::offline::create_api_key(c, &name, &scopes, tenant.as_deref())
         }),
         Command::Inspect { config } => offline(config.as_deref(), hookd::offline::inspect),
+        Command::Repair { config } => offline(config.as_deref(), hookd::offline::repair),
         Command::CheckConfig { config } => match load(config.as_deref()) {
             Ok(c) => {
                 print!("{}", c.to_redacted_toml());
@@ -138,7 +169,7 @@ fn main() -> ExitCode {
                 Err(e) => {
                     tracing::error!(error = format!("{e:#}"), "hookd stopped on an error");
                     eprintln!("hookd: {e:#}");
-                    ExitCode::FAILURE
+                    failure_code(&e)
                 }
             }
         }

@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::ids::IdGen;
 use crate::model::{ApiKeyRecord, AuditRecord, KeyTenant, Scope};
 use crate::store::seal::MasterKey;
-use crate::store::{Store, StoreSettings};
+use crate::store::{Store, StoreError, StoreSettings};
 
 /// `read`, `write`, `delete` or `admin` (for `--scope`).
 pub fn parse_scope(text: &str) -> Result<Scope, String> {
@@ -24,18 +24,35 @@ pub fn parse_scope(text: &str) -> Result<Scope, String> {
 
 /// Opens the configured data dir, with a clear word when a running daemon holds it.
 fn open(config: &Config) -> anyhow::Result<Store> {
-    let settings = StoreSettings {
+    let settings = settings(config);
+    Store::open(&settings).map_err(|e| open_error(config, e))
+}
+
+fn settings(config: &Config) -> StoreSettings {
+    StoreSettings {
         data_dir: config.storage.data_dir.clone(),
         durability: config.storage.durability,
         cache_bytes: config.storage.cache_bytes.0.min(64 << 20),
         master_key: MasterKey::from_config(&config.auth.master_key),
-    };
-    Store::open(&settings).map_err(|e| {
-        anyhow::anyhow!(
+    }
+}
+
+fn open_error(config: &Config, e: StoreError) -> anyhow::Error {
+    match e {
+        // The report is the message; kept as the error's source so that the exit code says "damaged".
+        e @ StoreError::DamagedStore(_) => anyhow::Error::new(e),
+        e => anyhow::anyhow!(
             "cannot open the data dir {} ({e}); stop the running hookd first, or use the HTTP API",
             config.storage.data_dir.display()
-        )
-    })
+        ),
+    }
+}
+
+/// Repairs the data dir (see `store::repair`); returns the report to print.
+pub fn repair(config: &Config) -> anyhow::Result<String> {
+    let (store, repaired) = Store::open_repairing(&settings(config)).map_err(|e| open_error(config, e))?;
+    store.sync()?;
+    Ok(repaired.to_string())
 }
 
 /// A new API key, written to the store; returns the lines to print (the key text, once).
@@ -128,6 +145,15 @@ pub fn inspect(config: &Config) -> anyhow::Result<String> {
     let _ = writeln!(out, "event types   {}", store.event_types()?.len());
     let _ = writeln!(out, "API keys      {} ({} usable)", keys.len(), live_keys.count());
     let _ = writeln!(out, "newest id     {}", store.max_id_in_use()?);
+    // Opening the store checked the log already (a damaged one is refused with its report); the
+    // figures say what was checked.
+    let (damage, checked) = store.check()?;
+    let verdict = if damage.is_empty() { "ok" } else { "DAMAGED (see `hookd repair`)" };
+    let _ = writeln!(
+        out,
+        "log check     {verdict}: {} segment(s), {} bytes, {} frames, {} index entries",
+        checked.segments, checked.bytes, checked.frames, checked.index_entries
+    );
     for t in &tenants {
         let n = endpoints.iter().filter(|e| e.tenant_serial == t.serial).count();
         let _ = writeln!(out, "  tenant {:<24} {n} endpoint(s)", t.id);

@@ -13,7 +13,7 @@ use super::views::{AttemptView, ListView};
 use crate::deliver::request;
 use crate::ids::{AttemptId, EndpointId, EventId};
 use crate::model::{AttemptRecord, EventRecord, HttpMethod};
-use crate::store::{AttemptCursor, AttemptFilter, AttemptSort, HistoryError, Store};
+use crate::store::{AttemptCursor, AttemptFilter, AttemptSort, HistoryError, Store, StoreError};
 
 /// `?…` of the attempt list. Unknown parameters are refused: a misspelt filter must not quietly return
 /// everything.
@@ -133,7 +133,12 @@ pub async fn list(
 /// The webhook ids an event was sent under: its own id, and the batches that carried it.
 fn event_webhooks(store: &Store, tenant: u64, event: u64) -> Result<Vec<(u64, Option<u64>)>, HistoryError> {
     let mut out = vec![(event, None)];
-    if let Some(ev) = store.event(tenant, event)? {
+    // A damaged event's routes are in its damaged bytes: its own id is all that can be looked up.
+    let ev = match store.event(tenant, event) {
+        Err(StoreError::Damaged(_)) => None,
+        read => read?,
+    };
+    if let Some(ev) = ev {
         for ep in ev.routes {
             if let Some(batch) = store.batch_of(ep, event)? {
                 out.push((batch, Some(ep)));
@@ -193,9 +198,11 @@ fn request_body(state: &AppState, tenant: u64, a: &AttemptRecord) -> Result<Opti
     }
     let mut events = Vec::with_capacity(a.events.len());
     for id in &a.events {
-        match state.store.event(tenant, *id)? {
-            Some(ev) => events.push((*id, ev)),
-            None => return Ok(None),
+        match state.store.event(tenant, *id) {
+            Ok(Some(ev)) => events.push((*id, ev)),
+            // Purged, or damaged: the body cannot be rebuilt; the attempt itself is still shown.
+            Ok(None) | Err(StoreError::Damaged(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
         }
     }
     let refs: Vec<(u64, &EventRecord)> = events.iter().map(|(id, e)| (*id, e)).collect();

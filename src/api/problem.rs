@@ -155,7 +155,20 @@ impl From<crate::store::StoreError> for Problem {
             tracing::warn!(error = %e, "a write was refused: the disk is full");
             return Problem::disk_full();
         }
-        Problem::internal(&e)
+        match e {
+            // Known and permanent, not an internal failure: the stored bytes of this record are damaged
+            // (the operator has the file and offset in the log; `hookd repair` quarantines them).
+            crate::store::StoreError::Damaged(d) => {
+                tracing::error!(damage = %d, "a request reached a damaged record");
+                Problem::new(
+                    StatusCode::GONE,
+                    "damaged",
+                    "Stored record damaged",
+                    "this record's stored bytes are damaged and cannot be read; the operator has been told which",
+                )
+            }
+            e => Problem::internal(&e),
+        }
     }
 }
 

@@ -441,9 +441,15 @@ impl Dispatcher {
         for item in self.shared.store.records_from(self.tenant, from) {
             let (first, record) = match item {
                 Ok(r) => r,
+                Err(StoreError::Damaged(d)) => {
+                    let last = super::damaged::skip(&self.shared, self.tenant, self.endpoint, &d);
+                    scanned_to = scanned_to.max(last);
+                    continue; // never retried: see `damaged`
+                }
                 Err(e) => {
                     tracing::error!(endpoint = %EndpointId(self.endpoint), error = %e, "cannot read the log");
-                    return; // stays lagging; the next pass tries again
+                    exhausted = false; // lagging from past what was read: never hand it out again
+                    break;
                 }
             };
             let record = Arc::new(record);

@@ -2,6 +2,7 @@
 //! retry policy. One file per stage: `feed` (what to send) → `dispatcher` (when, how many at once) →
 //! `request` + `sign` (what goes on the wire) → `client` (sending it) → `retry` (what the answer means).
 pub mod client;
+mod damaged;
 pub mod dispatcher;
 pub mod due;
 pub mod feed;

@@ -3,7 +3,8 @@
 //!
 //! - `hookd.endpoint.disabled`: hookd disabled an endpoint (every attempt failed for
 //!   `delivery.disable_after`, or it answered `410 Gone`);
-//! - `hookd.delivery.failed`: a delivery used up its retry policy;
+//! - `hookd.delivery.failed`: a delivery used up its retry policy, or its events' stored record is
+//!   damaged and cannot be read (`"damaged": true`, see `deliver::damaged`);
 //! - `hookd.endpoint.recovered`: an endpoint that had caused one of the above succeeded again.
 //!
 //! They are ordinary events of the tenant (durable in the log, listed, delivered with retries and

@@ -27,6 +27,7 @@
 
 use std::cmp::Reverse;
 
+use super::damage::or_skip;
 use super::log::Entry;
 use super::ordered::Ordered;
 use super::records;
@@ -501,7 +502,9 @@ impl Store {
         let (k, v) = item?;
         let index = id - keys::trailing_u64(&k); // first <= id by the range
         match Entry::of(&v) {
-            Entry::At(p) if index < u64::from(p.events) => self.inner.history.read_one(&p, index as usize),
+            Entry::At(p) if index < u64::from(p.events) => {
+                self.inner.history.read_one(&p, (tenant, keys::trailing_u64(&k)), index as usize)
+            }
             Entry::At(_) => Ok(None),
             Entry::Inline(bytes) if index == 0 => records::decode(&k, bytes).map(Some),
             Entry::Inline(_) => Ok(None),
@@ -512,7 +515,9 @@ impl Store {
     pub(super) fn run(&self, key: &[u8], value: &[u8]) -> Result<Vec<(u64, AttemptRecord)>, StoreError> {
         let first = keys::trailing_u64(key);
         let records = match Entry::of(value) {
-            Entry::At(p) => self.inner.history.read(&p)?.unwrap_or_default(),
+            // A damaged run is left out of lists (one attempt read by id answers that it is damaged).
+            Entry::At(p) => or_skip(self.inner.history.read(&p, (keys::u64_at(key, 1), first)), "attempts")?
+                .unwrap_or_default(),
             Entry::Inline(bytes) => vec![records::decode(key, bytes)?],
         };
         Ok((first..).zip(records).collect())

@@ -46,6 +46,11 @@
 //!   is garbage. The history segment is synced before sled is flushed ([`Store::sync`]), so what sled
 //!   has durably points to durable frames.
 //! - Event ids inside a log record are consecutive, so an event is found with one reverse range seek.
+//! - At open the log is checked ([`verify`]: every frame's CRC, every index entry against its frame,
+//!   the tenants the segments hold) before the replay, which cuts torn tails, touches anything; damage
+//!   that would lose or hide acknowledged events refuses the open ([`StoreError::DamagedStore`])
+//!   unless repairing ([`repair`], `hookd repair`: `quarantine/` keeps what it takes out). A record
+//!   that fails its check later is [`StoreError::Damaged`], which readers skip rather than stall on.
 //!
 //! # Record format
 //! Every value that is a record is `[format version: u8] ++ rmp-serde (compact, array) encoding`.
@@ -57,17 +62,21 @@ mod api_keys;
 mod audit;
 mod catalog;
 mod commit;
+pub mod damage;
 mod durability;
+mod frame;
 mod history;
 mod keys;
 mod log;
 mod ordered;
 pub mod records;
 mod refuse;
+mod repair;
 mod retention;
 pub mod seal;
 pub mod segment;
 pub mod space;
+mod verify;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -81,7 +90,9 @@ pub use history::{
 };
 pub use log::EventFilter;
 pub use records::IdempotencyRecord;
+pub use repair::Repaired;
 pub use retention::{Live, Purged};
+pub use verify::CheckStats;
 
 use crate::config::Durability;
 
@@ -110,6 +121,12 @@ pub enum StoreError {
     CommitterGone,
     #[error(transparent)]
     Seal(#[from] seal::SealError),
+    /// One record failed its check when read back (run time): skip it, never stall on it.
+    #[error("{0}")]
+    Damaged(Box<damage::DamagedRecord>),
+    /// The start-up check found damage that would lose or hide acknowledged events.
+    #[error("{0}")]
+    DamagedStore(Box<damage::DamageReport>),
 }
 
 impl From<std::io::Error> for StoreError {
@@ -169,19 +186,43 @@ struct Inner {
 }
 
 impl Store {
-    /// Opens (creating if needed) the database in `settings.data_dir`.
+    /// Opens (creating if needed) the database in `settings.data_dir`, after checking the log (see
+    /// [`verify`]): damage that would lose or hide acknowledged events is [`StoreError::DamagedStore`].
     pub fn open(settings: &StoreSettings) -> Result<Store, StoreError> {
+        Store::open_checked(settings, false).map(|(store, _)| store)
+    }
+
+    /// Opens the database like [`Store::open`], repairing what the check finds (see [`repair`]).
+    pub fn open_repairing(settings: &StoreSettings) -> Result<(Store, Repaired), StoreError> {
+        let (store, repaired) = Store::open_checked(settings, true)?;
+        let repaired = repaired.ok_or_else(|| StoreError::Io(std::io::ErrorKind::Other.into()))?;
+        Ok((store, repaired))
+    }
+
+    fn open_checked(settings: &StoreSettings, repair: bool) -> Result<(Store, Option<Repaired>), StoreError> {
         std::fs::create_dir_all(&settings.data_dir)?;
-        // The ballast goes first: on a full disk it is the room sled and recovery need to open.
+        // The ballast goes first: on a full disk it is the room sled and recovery (and a repair's copy
+        // of sled's files) need to open.
         let space = Arc::new(space::Space::new(&settings.data_dir));
         space.release_ballast_at_start();
+        let quarantine = repair.then(|| repair::quarantine_dir(&settings.data_dir));
+        if let Some(q) = &quarantine {
+            repair::keep_sled_files(&settings.data_dir, q)?;
+        }
         let db = sled::Config::new()
             .path(&settings.data_dir)
             .cache_capacity(settings.cache_bytes)
             // Group commit flushes explicitly; the background flusher only bounds what `os` mode can lose.
             .flush_every_ms(Some(500))
             .mode(sled::Mode::HighThroughput)
-            .open()?;
+            .open()
+            .inspect_err(|_| {
+                // Locked by a running daemon, most likely: the repair did not happen, so neither
+                // does its copy of sled's files.
+                if let Some(q) = &quarantine {
+                    let _ = std::fs::remove_dir_all(q);
+                }
+            })?;
         let config = db.open_tree("config")?;
         let log = db.open_tree("log")?;
         let state = db.open_tree("state")?;
@@ -208,12 +249,27 @@ impl Store {
                 space,
             }),
         };
+        // Before the replay: it cuts a torn tail, and must not take damage for one.
+        let (report, checked) = store.check_log()?;
+        tracing::info!(
+            segments = checked.segments,
+            bytes = checked.bytes,
+            frames = checked.frames,
+            index_entries = checked.index_entries,
+            ms = checked.elapsed.as_millis() as u64,
+            "log checked"
+        );
+        let repaired = match (report.is_empty(), quarantine) {
+            (_, Some(q)) => Some(store.repair(report, q)?),
+            (true, None) => None,
+            (false, None) => return Err(StoreError::DamagedStore(Box::new(report))),
+        };
         store.recover_log()?;
         store.count_history_refs()?;
         store.seal_plaintext_secrets()?;
         store.index_history()?;
         store.sync()?;
-        Ok(store)
+        Ok((store, repaired))
     }
 
     /// Makes everything written to sled so far durable as configured: the history segment first (sled

@@ -55,6 +55,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::StoreError;
+use super::damage::DamagedRecord;
+use super::frame::{BODY_VERSION, ENDS_GROUP, FRAME_HEADER, MAX_FRAME_BODY, crc, ends_group, frame_len};
+pub use super::frame::{check_frame, decode_body};
 use crate::config::Durability;
 use crate::model::{AttemptRecord, EventRecord};
 
@@ -108,8 +111,6 @@ impl Kind for Attempts {
 
 /// The first bytes of every segment file of the event log: name and frame-format version.
 pub const MAGIC: &[u8; 8] = b"hookdlg1";
-const FRAME_HEADER: usize = 24;
-const BODY_VERSION: u8 = 1;
 /// A segment is closed once it holds this much, or has been open for [`SEGMENT_MAX_AGE`] (so that
 /// retention can delete a quiet log's old bodies too).
 const SEGMENT_BYTES: u64 = 64 << 20;
@@ -126,10 +127,6 @@ const RESERVE_BYTES: u64 = 1 << 20;
 /// daemon's single-event ingest groups measured 0.5–4.3 KiB (p10–p90); one batch-ingest request
 /// (100 × 500 B) is a 64 KiB frame, and reserving for those doubled batch ingest's disk writes.
 const RESERVE_MAX_GROUP: usize = 16 << 10;
-/// No frame is larger than this: a corrupt length is not believed.
-const MAX_FRAME_BODY: usize = 64 << 20;
-/// In the length field: this frame ends its group.
-const ENDS_GROUP: u32 = 1 << 31;
 
 /// Where a log record's frame is: what the index stores under `L` T V.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,7 +216,7 @@ fn corrupt(what: String) -> StoreError {
     StoreError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, what))
 }
 
-fn file_name(segment: u64) -> String {
+pub(super) fn file_name(segment: u64) -> String {
     format!("{segment:016x}.log")
 }
 
@@ -381,26 +378,65 @@ impl<K: Kind> SegmentLog<K> {
         Ok(Some(readers.entry(segment).or_insert(file).clone()))
     }
 
-    /// Reads the frame a pointer names and decodes its items (or only item `only`); `None` when its
-    /// segment was deleted.
-    fn items(&self, p: &Pointer, only: Option<usize>) -> Result<Option<Vec<K::Item>>, StoreError> {
+    /// Reads the frame a pointer names, checks it (CRC, and that it is the record of `owner`: tenant
+    /// and first id, not only an offset), and decodes its items (or only item `only`); `None` when its
+    /// segment was deleted. A frame that fails a check is [`StoreError::Damaged`].
+    fn items(
+        &self,
+        p: &Pointer,
+        owner: (u64, u64),
+        only: Option<usize>,
+    ) -> Result<Option<Vec<K::Item>>, StoreError> {
         let Some(file) = self.reader(p.segment)? else { return Ok(None) };
         let mut frame = vec![0u8; p.len as usize];
-        file.read_exact_at(&mut frame, p.offset)?;
-        let (_, body) = check_frame(&frame).ok_or_else(|| {
-            corrupt(format!("{} frame at {}:{} does not check", K::DIR, p.segment, p.offset))
-        })?;
-        decode_body(body, only).map(Some)
+        let damaged = |reason: &'static str| {
+            StoreError::Damaged(Box::new(DamagedRecord {
+                dir: K::DIR,
+                segment: p.segment,
+                offset: p.offset,
+                tenant: owner.0,
+                first_id: owner.1,
+                count: p.events,
+                reason,
+            }))
+        };
+        match file.read_exact_at(&mut frame, p.offset) {
+            Ok(()) => {}
+            // The file ends before the frame does: it was cut short after the frame was acknowledged.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Err(damaged("the file ends inside it"));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let (found, body) = check_frame(&frame).ok_or_else(|| damaged("its checksum does not match"))?;
+        if found != owner {
+            return Err(damaged("it is another record's frame"));
+        }
+        match decode_body(body, only) {
+            Ok(items) => Ok(Some(items)),
+            // The CRC held, so these are bytes written wrong, not bytes damaged since: still, the
+            // record cannot be read, and a reader must be able to go on past it.
+            Err(StoreError::Decode { .. }) => Err(damaged("its body does not decode")),
+            Err(StoreError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                Err(damaged("its body does not decode"))
+            }
+            Err(e) => Err(e),
+        }
     }
 
-    /// Every item of the record a pointer names.
-    pub fn read(&self, p: &Pointer) -> Result<Option<Vec<K::Item>>, StoreError> {
-        self.items(p, None)
+    /// Every item of the record a pointer names, the record of `owner` (tenant, first id).
+    pub fn read(&self, p: &Pointer, owner: (u64, u64)) -> Result<Option<Vec<K::Item>>, StoreError> {
+        self.items(p, owner, None)
     }
 
     /// Item `index` of the record a pointer names, decoding only that one.
-    pub fn read_one(&self, p: &Pointer, index: usize) -> Result<Option<K::Item>, StoreError> {
-        Ok(self.items(p, Some(index))?.and_then(|mut v| v.pop()))
+    pub fn read_one(
+        &self,
+        p: &Pointer,
+        owner: (u64, u64),
+        index: usize,
+    ) -> Result<Option<K::Item>, StoreError> {
+        Ok(self.items(p, owner, Some(index))?.and_then(|mut v| v.pop()))
     }
 
     /// Every frame at or after `(segment, offset)` (a group boundary), oldest first, for rebuilding the
@@ -443,7 +479,8 @@ impl<K: Kind> SegmentLog<K> {
                 at += frame.len();
                 group.push(Frame { tenant, first_id, pointer, items });
                 if ends_group(frame) {
-                    for f in group.drain(..) {
+                    // A filler frame (repair wrote it over damaged bytes) holds nothing to replay.
+                    for f in group.drain(..).filter(|f| f.tenant != super::frame::FILLER_TENANT) {
                         each(f)?;
                     }
                     group_start = at;
@@ -535,7 +572,7 @@ impl<K: Kind> SegmentLog<K> {
 }
 
 /// The numbers of the segment files in `dir`, ascending.
-fn list(dir: &Path) -> Result<Vec<u64>, StoreError> {
+pub(super) fn list(dir: &Path) -> Result<Vec<u64>, StoreError> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let name = entry?.file_name();
@@ -598,70 +635,6 @@ fn encode_frame<T: Serialize>(
     Ok(())
 }
 
-/// The CRC of a frame: its length field and everything after the CRC field.
-fn crc(frame: &[u8]) -> u32 {
-    let mut h = crc32fast::Hasher::new();
-    h.update(frame.get(0..4).unwrap_or_default());
-    h.update(frame.get(8..).unwrap_or_default());
-    h.finalize()
-}
-
-/// The length of the frame `bytes` starts with, from its header (not yet checked).
-fn frame_len(bytes: &[u8]) -> Option<usize> {
-    let body = (u32::from_le_bytes(bytes.get(0..4)?.try_into().ok()?) & !ENDS_GROUP) as usize;
-    (body <= MAX_FRAME_BODY).then_some(FRAME_HEADER + body)
-}
-
-/// Whether a (checked) frame ends its group.
-fn ends_group(frame: &[u8]) -> bool {
-    frame.get(3).is_some_and(|b| b & 0x80 != 0)
-}
-
-/// Checks a whole frame: `((tenant, first id), body)`, or `None` when its length or CRC is wrong.
-pub fn check_frame(frame: &[u8]) -> Option<((u64, u64), &[u8])> {
-    let len = frame_len(frame)?;
-    if frame.len() != len {
-        return None;
-    }
-    let stored = u32::from_le_bytes(frame.get(4..8)?.try_into().ok()?);
-    if crc(frame) != stored {
-        return None;
-    }
-    let tenant = u64::from_le_bytes(frame.get(8..16)?.try_into().ok()?);
-    let first = u64::from_le_bytes(frame.get(16..24)?.try_into().ok()?);
-    Some(((tenant, first), frame.get(FRAME_HEADER..)?))
-}
-
-/// Decodes a body's items, or only item `only` (then the result holds it alone, or nothing when the
-/// record has fewer items).
-pub fn decode_body<T: DeserializeOwned>(body: &[u8], only: Option<usize>) -> Result<Vec<T>, StoreError> {
-    let bad = || corrupt("malformed segment record body".into());
-    let (&version, rest) = body.split_first().ok_or_else(bad)?;
-    if version != BODY_VERSION {
-        return Err(StoreError::UnknownVersion { key: b"segment".to_vec(), version });
-    }
-    let count = u32::from_le_bytes(rest.get(0..4).ok_or_else(bad)?.try_into().map_err(|_| bad())?) as usize;
-    let mut at = 4usize;
-    let mut out = Vec::with_capacity(if only.is_some() { 1 } else { count.min(4096) });
-    for i in 0..count {
-        let n =
-            u32::from_le_bytes(rest.get(at..at + 4).ok_or_else(bad)?.try_into().map_err(|_| bad())?) as usize;
-        let bytes = rest.get(at + 4..at + 4 + n).ok_or_else(bad)?;
-        at += 4 + n;
-        match only {
-            Some(j) if j != i => continue,
-            _ => {}
-        }
-        let item: T = rmp_serde::from_slice(bytes)
-            .map_err(|source| StoreError::Decode { key: b"segment".to_vec(), source })?;
-        out.push(item);
-        if only.is_some() {
-            break;
-        }
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use std::io::Write;
@@ -707,9 +680,9 @@ mod tests {
         assert_eq!(ptrs[0].offset, MAGIC.len() as u64);
         assert_eq!(ptrs[1].offset, ptrs[0].offset + u64::from(ptrs[0].len));
         assert_eq!(end, (1, ptrs[1].offset + u64::from(ptrs[1].len)));
-        assert_eq!(log.read(&ptrs[0]).unwrap_or_default(), Some(a.clone()));
-        assert_eq!(log.read_one(&ptrs[0], 2).unwrap_or_default(), Some(event(2)));
-        assert_eq!(log.read_one(&ptrs[0], 3).unwrap_or_default(), None);
+        assert_eq!(log.read(&ptrs[0], (5, 100)).unwrap_or_default(), Some(a.clone()));
+        assert_eq!(log.read_one(&ptrs[0], (5, 100), 2).unwrap_or_default(), Some(event(2)));
+        assert_eq!(log.read_one(&ptrs[0], (5, 100), 3).unwrap_or_default(), None);
         assert_eq!(Pointer::decode(&ptrs[1].encode()), Some(ptrs[1]));
         assert_eq!(Pointer::decode(&[1, 2, 3]), None);
 
@@ -759,7 +732,7 @@ mod tests {
         bytes[at] ^= 1;
         std::fs::write(&path, &bytes).unwrap_or_else(|e| panic!("{e}"));
         let log = SegmentLog::<Events>::open(dir.path(), Durability::Os).unwrap_or_else(|e| panic!("{e}"));
-        assert!(log.read(&good).is_err());
+        assert!(log.read(&good, (1, 1)).is_err());
     }
 
     fn file_len(path: &Path) -> u64 {
@@ -847,8 +820,12 @@ mod tests {
         assert_eq!(log.collect().unwrap_or(9), 0, "segment 1 is still pointed into");
         log.release([1]);
         assert_eq!(log.collect().unwrap_or(9), 1);
-        assert_eq!(log.read(&first[0]).unwrap_or_default(), None, "a deleted segment's records are gone");
+        assert_eq!(
+            log.read(&first[0], (1, 1)).unwrap_or_default(),
+            None,
+            "a deleted segment's records are gone"
+        );
         assert_eq!(log.collect().unwrap_or(9), 0, "the segment being written is never deleted");
-        assert!(log.read(&second[0]).unwrap_or_default().is_some());
+        assert!(log.read(&second[0], (1, 2)).unwrap_or_default().is_some());
     }
 }

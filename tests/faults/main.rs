@@ -11,6 +11,7 @@
 //! Tests that need root (mounting a small filesystem) say so and are skipped elsewhere; CI runs as root.
 
 mod clock;
+mod damage;
 mod full_disk;
 #[path = "../it/harness.rs"]
 mod harness;
