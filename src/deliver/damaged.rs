@@ -6,7 +6,9 @@
 //! Invariants: a damaged record is handled once per endpoint and read pass, never retried (its bytes
 //! will not change: re-reading it would stall or loop the endpoint, as it once did), and never stops
 //! the events after it. Which endpoints the damaged events were routed to is in the damaged bytes, so
-//! every endpoint of the tenant that reads past it reports it; `routes_known: false` says so.
+//! every endpoint of the tenant that reads past it reports it; `routes_known: false` says so. A retry
+//! that finds an event of its delivery damaged reports it the same way and drops it from the delivery
+//! (the rest of a batch is still sent), so a waiting delivery is never left pending on it.
 
 use super::notify;
 use super::supervisor::Shared;

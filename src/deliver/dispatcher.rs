@@ -552,7 +552,7 @@ impl Dispatcher {
 
     fn start_retry(&mut self, entry: &EndpointEntry, due: u64, webhook_id: u64) {
         let store = &self.shared.store;
-        let record = match store.delivery(self.endpoint, webhook_id) {
+        let mut record = match store.delivery(self.endpoint, webhook_id) {
             Ok(Some(r)) if r.state == DeliveryState::Pending => r,
             Ok(_) => {
                 // A stale queue entry (the delivery was finished another way): drop it.
@@ -567,18 +567,26 @@ impl Dispatcher {
             }
         };
         let mut events: Vec<(u64, EventRecord)> = Vec::with_capacity(record.events.len());
+        let mut damaged = Vec::new();
         for id in &record.events {
             match store.event(self.tenant, *id) {
                 Ok(Some(ev)) => events.push((*id, ev)),
                 Ok(None) => {}
+                // Its bytes will not change: reported once as a failed delivery, and left out of this
+                // delivery for good (the record written with the attempt's outcome no longer lists it).
+                Err(StoreError::Damaged(d)) => {
+                    super::damaged::skip(&self.shared, self.tenant, self.endpoint, &d);
+                    damaged.push(*id);
+                }
                 Err(e) => {
                     tracing::error!(endpoint = %EndpointId(self.endpoint), error = %e, "cannot read an event");
                     return;
                 }
             }
         }
+        record.events.retain(|id| !damaged.contains(id));
         if events.is_empty() {
-            // Its events are gone (retention): nothing left to deliver.
+            // Its events are gone (retention, or damaged and reported): nothing left to deliver.
             if let Err(e) = store.drop_due(self.endpoint, due, webhook_id) {
                 tracing::error!(endpoint = %EndpointId(self.endpoint), error = %e, "cannot drop a queue entry");
             }

@@ -402,3 +402,62 @@ async fn a_flipped_byte_in_sleds_db_file_stops_the_start_and_repair_rebuilds_the
     let listed = listed_ok(what, listed);
     assert_eq!(listed, acknowledged.len(), "{what}: every acknowledged event is reachable again");
 }
+
+/// A delivery waiting for its retry whose event is damaged meanwhile: the retry reads the event back
+/// from the log, finds it damaged, reports it once as a failed delivery and leaves it out; the other
+/// retries go on. (Before, the retry logged "cannot read an event" and the delivery waited forever.)
+#[tokio::test]
+async fn a_retry_whose_event_is_damaged_meanwhile_is_reported_once_and_the_other_retries_go_on() {
+    const EVENTS: usize = 20;
+    let what = "damage: an event damaged while its retry waits";
+    let receiver = Receiver::start().await;
+    receiver.set_status(500);
+    let daemon = Daemon::start().await;
+    daemon.create_tenant(TENANT).await;
+    let watcher = Receiver::start().await;
+    let ops = json!({ "url": watcher.url("/ops"), "event_types": ["hookd.delivery.failed"] });
+    daemon.create_endpoint(TENANT, ops).await;
+    let retry = json!({ "max_attempts": 5, "initial_ms": 1500, "max_ms": 1500 });
+    let spec = json!({ "url": receiver.url("/hooks"), "event_types": ["order.created"], "retry": retry });
+    daemon.create_endpoint(TENANT, spec).await;
+    // One request each: every event is a frame of its own.
+    let mut acknowledged = Vec::new();
+    for n in 0..EVENTS {
+        acknowledged
+            .push(daemon.ingest(TENANT, "order.created", json!({ "n": n, "pad": "x".repeat(150) })).await);
+    }
+    receiver.wait_for(EVENTS, Duration::from_secs(20)).await;
+    // Every first attempt failed; the retries wait 1.5 s. Damage one event's frame meanwhile.
+    let (path, end) = newest_segment(&daemon.data_dir());
+    flip_byte(&path, end / 2);
+    receiver.clear();
+    receiver.set_status(200);
+    let accounted = eventually(Duration::from_secs(20), Duration::from_millis(100), || async {
+        (received_ids(&receiver).len() as u64 + damage_notices(&watcher).1 >= EVENTS as u64).then_some(())
+    })
+    .await;
+    tokio::time::sleep(WATCH_FOR_REPEATS).await;
+    let seen = received_ids(&receiver);
+    let (notices, reported) = damage_notices(&watcher);
+    let lost: Vec<&String> = acknowledged.iter().filter(|id| !seen.contains_key(*id)).collect();
+    let duplicated: u64 = seen.values().map(|n| n.saturating_sub(1)).sum();
+    report::report(
+        what,
+        &[
+            ("acknowledged", acknowledged.len().to_string()),
+            ("delivered", seen.len().to_string()),
+            ("lost", lost.len().to_string()),
+            ("duplicated", duplicated.to_string()),
+            ("reported-as-lost", reported.to_string()),
+            ("notices", notices.to_string()),
+        ],
+    );
+    assert!(
+        accounted.is_some(),
+        "{what}: {} events neither delivered nor reported",
+        lost.len() as u64 - reported
+    );
+    assert_eq!(lost.len(), 1, "{what}: one damaged event, the other retries delivered: lost {lost:?}");
+    assert_eq!((notices, reported), (1, 1), "{what}: the damaged event is reported once");
+    assert_eq!(duplicated, 0, "{what}: nothing loops");
+}
