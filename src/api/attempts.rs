@@ -171,7 +171,7 @@ fn parse_cursor(text: &str, sort: AttemptSort) -> Result<AttemptCursor, Problem>
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/attempts/{id}", tag = "attempts", params(TenantPath, ("id" = crate::ids::AttemptId, Path, description = "The attempt's id.")),
     responses(
         (status = 200, description = "With the request headers and body as sent.", body = AttemptView),
-        (status = 404, response = NotFound),
+        (status = 404, response = NotFound), (status = 410, response = super::openapi::Damaged),
 ))]
 pub async fn get(
     State(state): State<AppState>,

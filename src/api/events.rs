@@ -243,7 +243,7 @@ pub async fn list(
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/events/{id}", tag = "events", params(TenantPath, ("id" = crate::ids::EventId, Path, description = "The event's id.")),
     responses(
         (status = 200, description = "The event with `deliveries`.", body = EventView),
-        (status = 404, response = NotFound),
+        (status = 404, response = NotFound), (status = 410, response = super::openapi::Damaged),
 ))]
 pub async fn get(
     State(state): State<AppState>,

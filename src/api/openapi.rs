@@ -55,7 +55,7 @@ pub const BEARER: &str = "bearer";
     ),
     components(
         schemas(Problem, FieldError),
-        responses(BadRequest, Unauthorized, Forbidden, NotFound, Conflict, RequestTimeout, PayloadTooLarge, Unprocessable,
+        responses(BadRequest, Unauthorized, Forbidden, NotFound, Conflict, RequestTimeout, Damaged, PayloadTooLarge, Unprocessable,
                   Unavailable),
     ),
     modifiers(&V1Auth),
@@ -178,6 +178,11 @@ problem_response!(PayloadTooLarge, "The body exceeds the route's size limit.");
 problem_response!(
     RequestTimeout,
     "The body did not arrive within `server.body_read_timeout` of the request's headers; nothing was stored."
+);
+problem_response!(
+    Damaged,
+    "The record's stored bytes are damaged and cannot be read (`type` `urn:hookd:problem:damaged`); the \
+     operator's log names the file, and `hookd repair` quarantines it."
 );
 problem_response!(Unprocessable, "Fields are invalid; `errors` names each one.");
 
