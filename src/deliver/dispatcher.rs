@@ -584,14 +584,26 @@ impl Dispatcher {
                 }
             }
         }
-        record.events.retain(|id| !damaged.contains(id));
         if events.is_empty() {
-            // Its events are gone (retention, or damaged and reported): nothing left to deliver.
-            if let Err(e) = store.drop_due(self.endpoint, due, webhook_id) {
-                tracing::error!(endpoint = %EndpointId(self.endpoint), error = %e, "cannot drop a queue entry");
+            let result = if damaged.is_empty() {
+                // Its events are gone (retention): nothing left to deliver.
+                store.drop_due(self.endpoint, due, webhook_id)
+            } else {
+                super::damaged::fail_delivery(
+                    &self.shared,
+                    self.tenant,
+                    entry,
+                    (webhook_id, due),
+                    record,
+                    damaged,
+                )
+            };
+            if let Err(e) = result {
+                tracing::error!(endpoint = %EndpointId(self.endpoint), error = %e, "cannot settle a delivery");
             }
             return;
         }
+        record.events.retain(|id| !damaged.contains(id));
         self.retrying.insert(webhook_id);
         let attempt_number = record.attempts + 1;
         let trigger = if record.manual { Trigger::Manual } else { Trigger::Retry };

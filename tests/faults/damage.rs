@@ -460,4 +460,13 @@ async fn a_retry_whose_event_is_damaged_meanwhile_is_reported_once_and_the_other
     assert_eq!(lost.len(), 1, "{what}: one damaged event, the other retries delivered: lost {lost:?}");
     assert_eq!((notices, reported), (1, 1), "{what}: the damaged event is reported once");
     assert_eq!(duplicated, 0, "{what}: nothing loops");
+    // The history says why its delivery failed: the last entry made no request, its event being damaged.
+    let (status, page) = daemon.get(&format!("/v1/tenants/{TENANT}/attempts?event_id={}", lost[0])).await;
+    assert_eq!(status, StatusCode::OK, "{what}: {page}");
+    let newest = &page["data"][0];
+    assert_eq!(
+        (newest["error_class"].as_str(), newest["status_code"].is_null(), newest["status"].as_str()),
+        (Some("damaged"), true, Some("failed")),
+        "{what}: the attempt history names the damage: {page}"
+    );
 }
