@@ -239,17 +239,11 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Durability;
     use crate::store::StoreSettings;
     use crate::store::segment::Append;
 
     fn settings(dir: &std::path::Path) -> StoreSettings {
-        StoreSettings {
-            data_dir: dir.to_path_buf(),
-            durability: Durability::Fsync,
-            cache_bytes: 8 << 20,
-            master_key: None,
-        }
+        StoreSettings::for_test(dir)
     }
 
     fn event(key: Option<&str>) -> EventRecord {

@@ -160,6 +160,19 @@ pub struct StoreSettings {
     pub master_key: Option<seal::MasterKey>,
 }
 
+#[cfg(test)]
+impl StoreSettings {
+    /// A store in `dir` as the unit tests open it: `fsync`, an 8 MiB cache, no master key.
+    pub(crate) fn for_test(dir: &Path) -> StoreSettings {
+        StoreSettings {
+            data_dir: dir.to_path_buf(),
+            durability: Durability::Fsync,
+            cache_bytes: 8 << 20,
+            master_key: None,
+        }
+    }
+}
+
 /// The storage handle: cheap to clone, shared by the API, the committer and the dispatchers.
 #[derive(Clone)]
 pub struct Store {

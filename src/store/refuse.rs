@@ -71,7 +71,6 @@ pub(super) fn index_or_roll_back(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Durability;
     use crate::model::EventRecord;
     use crate::store::segment::Append;
     use crate::store::{Store, StoreSettings, keys};
@@ -93,12 +92,7 @@ mod tests {
     #[test]
     fn a_group_whose_index_write_fails_is_cut_from_the_log_and_never_replayed() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let settings = StoreSettings {
-            data_dir: dir.path().to_path_buf(),
-            durability: Durability::Fsync,
-            cache_bytes: 8 << 20,
-            master_key: None,
-        };
+        let settings = StoreSettings::for_test(dir.path());
         let store = Store::open(&settings).unwrap_or_else(|e| panic!("{e}"));
         let rec = vec![EventRecord {
             event_type: "a".into(),

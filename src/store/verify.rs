@@ -241,17 +241,11 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
-    use crate::config::Durability;
     use crate::model::{EventRecord, LogRecord, TenantRecord};
     use crate::store::StoreSettings;
 
-    fn settings(dir: &Path) -> StoreSettings {
-        StoreSettings {
-            data_dir: dir.to_path_buf(),
-            durability: Durability::Fsync,
-            cache_bytes: 8 << 20,
-            master_key: None,
-        }
+    fn settings(dir: &std::path::Path) -> StoreSettings {
+        StoreSettings::for_test(dir)
     }
 
     fn record(n: usize, pad: usize) -> LogRecord {
